@@ -1,0 +1,138 @@
+"""Rewards for (prompt, response) pairs: one or several reward models, a Python function, an HTTP endpoint.
+
+Several sources combine as Sparrow does (Glaese et al. 2022): preference RMs add up with weights, and a
+rule RM (e.g. harmlessness) can act as a *penalty* (only scores below its threshold subtract) or a
+*gate* (below the threshold the whole reward is replaced by ``gate_reward``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from tiller.batching import batch, encode_prompt, encode_response, join
+from tiller.config import ConfigError, field
+from tiller.models import ScalarModel, load_tokenizer
+
+
+class RewardScorer:
+    """A trained reward model; ``score`` returns normalised scores ``gain * (raw + bias)``."""
+
+    def __init__(self, path: str, device: str | None = None, batch_size: int = 64, max_len: int = 256):
+        self.path = path
+        self.tok = load_tokenizer(path)
+        self.model = ScalarModel.from_pretrained(path, self.tok).eval()
+        if device:
+            self.model.to(device)
+        self.batch_size, self.max_len = batch_size, max_len
+
+    def encode(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[list[int]]:
+        return [join(encode_prompt(self.tok, p), encode_response(self.tok, r), self.max_len)[0]
+                for p, r in zip(prompts, responses, strict=True)]
+
+    @torch.no_grad()
+    def raw_scores(self, prompts: Sequence[Any], responses: Sequence[str]) -> torch.Tensor:
+        seqs = self.encode(prompts, responses)
+        device = next(self.model.parameters()).device
+        out = []
+        for i in range(0, len(seqs), self.batch_size):
+            b = {k: v.to(device) for k, v in batch(seqs[i : i + self.batch_size], self.tok.pad_token_id).items()}
+            out.append(self.model(**b).cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
+        return self.model.normalise(self.raw_scores(prompts, responses)).tolist()
+
+
+class FunctionScorer:
+    """``module:function`` taking (prompts, responses) and returning a list of floats."""
+
+    def __init__(self, spec: str):
+        module, _, name = spec.partition(":")
+        try:
+            self.fn: Callable = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"reward function {spec!r} cannot be imported: {e}") from None
+
+    def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
+        return [float(x) for x in self.fn(list(prompts), list(responses))]
+
+
+class HTTPScorer:
+    """POST ``{"prompts": [...], "responses": [...]}`` to a URL that answers ``{"scores": [...]}``."""
+
+    def __init__(self, url: str, timeout: float = 60.0):
+        self.url, self.timeout = url, timeout
+
+    def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
+        body = json.dumps({"prompts": list(prompts), "responses": list(responses)}).encode()
+        req = urllib.request.Request(self.url, body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=self.timeout) as r:
+            scores = json.loads(r.read())["scores"]
+        if len(scores) != len(responses):
+            raise RuntimeError(f"{self.url} returned {len(scores)} scores for {len(responses)} responses")
+        return [float(s) for s in scores]
+
+
+@dataclass
+class RewardSource:
+    kind: Literal["rm", "python", "http"] = field("rm", help="a reward model folder, module:function, or URL")
+    path: str = field("", help="RM folder / 'module:function' / http(s) URL")
+    name: str = field("", help="metric name (default: the kind and position)")
+    weight: float = field(1.0, help="weight in the sum (or of the penalty)")
+    role: Literal["sum", "penalty", "gate"] = field("sum", help="sum; penalty: add weight*min(0, s-threshold); gate")
+    threshold: float = field(0.0, help="for penalty and gate")
+    gate_reward: float = field(-5.0, help="reward given when a gate source scores below threshold")
+
+    def validate(self) -> None:
+        if not self.path:
+            raise ConfigError("a reward source needs a path")
+
+
+def make_scorer(src: RewardSource, device: str | None = None):
+    if src.kind == "rm":
+        return RewardScorer(src.path, device=device)
+    if src.kind == "python":
+        return FunctionScorer(src.path)
+    return HTTPScorer(src.path)
+
+
+def combine(parts: dict[str, torch.Tensor], sources: Sequence[RewardSource]) -> torch.Tensor:
+    """Pure combination of per-source scores (each (N,)) into one reward (N,)."""
+    names = list(parts)
+    total = torch.zeros_like(parts[names[0]])
+    gate = torch.zeros_like(total, dtype=torch.bool)
+    for name, src in zip(names, sources, strict=True):
+        s = parts[name]
+        if src.role == "sum":
+            total = total + src.weight * s
+        elif src.role == "penalty":
+            total = total + src.weight * torch.clamp(s - src.threshold, max=0.0)
+        else:
+            gate |= s < src.threshold
+    for src in sources:
+        if src.role == "gate":
+            total = torch.where(gate, torch.full_like(total, src.gate_reward), total)
+    return total
+
+
+class CompositeReward:
+    """All reward sources of a run; ``score`` gives the combined reward and each part (for metrics)."""
+
+    def __init__(self, sources: Sequence[RewardSource], device: str | None = None):
+        if not sources:
+            raise ConfigError("at least one reward source is needed")
+        self.sources = list(sources)
+        self.names = [s.name or f"{s.kind}{i}" for i, s in enumerate(self.sources)]
+        self.scorers = [make_scorer(s, device) for s in self.sources]
+
+    def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        parts = {n: torch.tensor(sc.score(prompts, responses), dtype=torch.float32)
+                 for n, sc in zip(self.names, self.scorers, strict=True)}
+        return combine(parts, self.sources), parts

@@ -1,0 +1,205 @@
+"""Stage 0: train a tokenizer and pretrain a small causal LM on a corpus (the embedded world's, by default).
+
+Stands in for GPT-3 in the recipe: a model that knows the world and the chat format but is not aligned.
+The result is a plain ``save_pretrained`` folder that ``AutoModelForCausalLM.from_pretrained`` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
+
+from tiller.chat import END, SPECIAL_TOKENS
+from tiller.config import ConfigError, field
+from tiller.models import PAD
+from tiller.runs import atomic_dir, fingerprint, is_done, write_manifest
+from tiller.tracking import Tracker
+from tiller.training import Checkpointer, cosine_schedule, make_accelerator, make_optimizer, progress, set_seed
+
+EOT = "<|endoftext|>"
+
+
+@dataclass
+class PretrainConfig:
+    vocab_size: int = field(768, help="BPE vocabulary size; small vocabularies train much faster on CPU")
+    arch: Literal["gpt2", "llama"] = field("gpt2", help="transformers architecture of the base model")
+    n_layer: int = field(4, help="transformer blocks")
+    n_head: int = field(4, help="attention heads")
+    n_embd: int = field(128, help="hidden size")
+    block_size: int = field(128, help="training sequence length (documents are packed)")
+    max_positions: int = field(256, help="longest sequence the model accepts (prompt + answer)")
+    batch_size: int = field(32, help="sequences per step")
+    lr: float = field(3e-3, help="peak learning rate (cosine schedule with warmup)")
+    weight_decay: float = field(0.1, help="AdamW weight decay on matrices")
+    max_tokens: int = field(3_000_000, help="training tokens (steps = max_tokens / (batch_size*block_size))")
+    max_minutes: float = field(0.0, help="stop early after this many minutes (0: no limit)")
+    eval_batches: int = field(20, help="validation batches for perplexity")
+    checkpoint_every: int = field(200, help="steps between resumable checkpoints")
+    seed: int = field(0, help="random seed")
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"], help="trackers: tensorboard, wandb, ...")
+
+    def validate(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        if self.block_size > self.max_positions:
+            raise ConfigError("block_size must be <= max_positions")
+        if self.vocab_size < 300:
+            raise ConfigError("vocab_size must be >= 300 (256 bytes + special tokens + merges)")
+
+
+def read_corpus(path: str | Path) -> list[str]:
+    """Documents from a JSONL of ``{"text": ...}`` or a plain text file (documents split by blank lines)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"corpus file {p} does not exist")
+    if p.suffix == ".jsonl":
+        docs = []
+        for i, line in enumerate(p.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    docs.append(json.loads(line)["text"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise ConfigError(f"{p}:{i}: field 'text': expected a JSON object with a 'text' string") from None
+        return docs
+    return [d for d in p.read_text().split("\n\n") if d.strip()]
+
+
+def train_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE with the chat markers, a pad and an end-of-text token as single special tokens."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    specials = [EOT, PAD, *SPECIAL_TOKENS]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(docs, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=EOT,
+        pad_token=PAD,
+        additional_special_tokens=[t for t in SPECIAL_TOKENS],
+        model_max_length=1 << 30,
+    )
+
+
+def build_model(cfg: PretrainConfig, tok: PreTrainedTokenizerFast) -> torch.nn.Module:
+    common = dict(vocab_size=len(tok), bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+                  pad_token_id=tok.pad_token_id)
+    if cfg.arch == "gpt2":
+        config = GPT2Config(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                            n_positions=cfg.max_positions, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
+    else:
+        config = LlamaConfig(num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
+                             num_key_value_heads=cfg.n_head, hidden_size=cfg.n_embd,
+                             intermediate_size=4 * cfg.n_embd, max_position_embeddings=cfg.max_positions, **common)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def pack(docs: list[str], tok: PreTrainedTokenizerFast, block_size: int) -> torch.Tensor:
+    """Concatenate documents separated by end-of-text and cut into blocks. (N, block_size)"""
+    ids: list[int] = []
+    for enc in tok(docs, add_special_tokens=False)["input_ids"]:
+        ids.extend(enc)
+        ids.append(tok.eos_token_id)
+    n = len(ids) // block_size
+    return torch.tensor(ids[: n * block_size], dtype=torch.long).view(n, block_size)
+
+
+@torch.no_grad()
+def perplexity(model: torch.nn.Module, blocks: torch.Tensor, batch_size: int, max_batches: int) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, min(len(blocks), batch_size * max_batches), batch_size):
+        x = blocks[i : i + batch_size].to(next(model.parameters()).device)
+        loss = model(input_ids=x, labels=x).loss
+        total += loss.item() * x.numel()
+        count += x.numel()
+    model.train()
+    return math.exp(total / max(count, 1))
+
+
+def pretrain(cfg: PretrainConfig, corpus_train: Path, corpus_valid: Path, out: Path, log_dir: Path,
+             force: bool = False) -> dict:
+    """Train tokenizer + model; returns metrics (``eval/perplexity``...). Skips if already done."""
+    fp = fingerprint("pretrain", cfg, {"train": corpus_train, "valid": corpus_valid})
+    if is_done(out, fp) and not force:
+        return json.loads((out / "tiller-manifest.json").read_text())["metrics"]
+    set_seed(cfg.seed)
+    train_docs, valid_docs = read_corpus(corpus_train), read_corpus(corpus_valid)
+    ckpt_dir = out.with_name(f".{out.name}.ckpt")
+    tok_dir = ckpt_dir.with_name(f".{out.name}.tokenizer")
+    if tok_dir.is_dir() and not force:  # resume: the tokenizer must be the one the checkpoint used
+        tok = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
+    else:
+        tok = train_tokenizer(train_docs, cfg.vocab_size)
+        with atomic_dir(tok_dir) as tmp:
+            tok.save_pretrained(tmp)
+    train_blocks, valid_blocks = pack(train_docs, tok, cfg.block_size), pack(valid_docs, tok, cfg.block_size)
+    if len(train_blocks) == 0 or len(valid_blocks) == 0:
+        raise ConfigError(f"corpus too small for block_size {cfg.block_size}")
+    model = build_model(cfg, tok)
+    steps = max(1, cfg.max_tokens // (cfg.batch_size * cfg.block_size))
+    acc = make_accelerator()
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    sched = cosine_schedule(opt, steps)
+    model, opt, sched = acc.prepare(model, opt, sched)
+    ckpt = Checkpointer(ckpt_dir, acc)
+    if force:
+        ckpt.clear()
+    state = ckpt.load() or {"step": 0}
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randperm(len(train_blocks), generator=gen)
+    n_params = sum(p.numel() for p in model.parameters())
+    tracker = Tracker(log_dir, "pretrain", cfg.report_to)
+    bar = progress(steps, f"pretrain ({n_params / 1e6:.2f}M params)")
+    bar.update(state["step"])
+    start, tokens_seen = time.time(), 0
+    model.train()
+    step = state["step"]
+    while step < steps:
+        i = (step * cfg.batch_size) % len(order)
+        idx = order[i : i + cfg.batch_size]
+        if len(idx) < cfg.batch_size:  # wrap around: next epoch
+            idx = torch.cat([idx, order[: cfg.batch_size - len(idx)]])
+        x = train_blocks[idx].to(acc.device)
+        loss = model(input_ids=x, labels=x).loss
+        acc.backward(loss)
+        acc.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        tokens_seen += x.numel()
+        bar.update(1)
+        if step % 10 == 0 or step == steps:
+            tps = tokens_seen / (time.time() - start)
+            bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tps:.0f}")
+            tracker.log({"loss/train": loss.item(), "charts/tokens_per_s": tps, "charts/lr": sched.get_last_lr()[0]}, step)
+        if step % cfg.checkpoint_every == 0 and step < steps:
+            ckpt.save({"step": step})
+        if cfg.max_minutes and (time.time() - start) > cfg.max_minutes * 60:
+            break
+    bar.close()
+    model = acc.unwrap_model(model)
+    ppl = perplexity(model, valid_blocks, cfg.batch_size, cfg.eval_batches)
+    metrics = {"eval/perplexity": ppl, "loss/train": loss.item(), "params": n_params, "steps": step,
+               "tokens": step * cfg.batch_size * cfg.block_size, "seconds": time.time() - start}
+    tracker.log(metrics, step)
+    tracker.close()
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_manifest(tmp, stage="pretrain", fingerprint=fp, config=cfg, seed=cfg.seed, metrics=metrics,
+                       inputs={"train": str(corpus_train), "valid": str(corpus_valid)})
+    ckpt.clear()
+    return metrics

@@ -1,0 +1,154 @@
+"""Stage 1: supervised fine-tuning on demonstrations (InstructGPT section 3.5).
+
+The loss falls on response tokens only (prompt and padding are masked to -100). With ``select_by_rm``
+the checkpoint kept is the one whose greedy answers to validation prompts score highest under a reward
+model, as InstructGPT did ("we select our final SFT model based on the RM score on the validation set").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tiller.batching import IGNORE, encode_prompt, encode_response, pack_examples, pad, sft_example
+from tiller.config import ConfigError, field
+from tiller.data.formats import Demonstration, read_records
+from tiller.losses import masked_lm_loss
+from tiller.models import load_policy
+from tiller.runs import atomic_dir, fingerprint, is_done, read_manifest, write_manifest
+from tiller.tracking import Tracker
+from tiller.training import cosine_schedule, make_accelerator, make_optimizer, progress, set_seed
+
+
+@dataclass
+class SFTConfig:
+    epochs: int = field(4, help="passes over the demonstrations (InstructGPT: 16, selecting by RM score)")
+    lr: float = field(1e-3, help="peak learning rate (cosine schedule with warmup)")
+    batch_size: int = field(32, help="sequences (or packed rows) per optimiser step")
+    max_len: int = field(160, help="longest prompt+response in tokens; the prompt's start is cut first")
+    packing: bool = field(False, help="pack several demonstrations into one row of max_len tokens")
+    weight_decay: float = field(0.0, help="AdamW weight decay")
+    valid_fraction: float = field(0.1, help="share of demonstrations held out for eval loss")
+    select_by_rm: str = field("", help="reward model folder: keep the epoch whose validation answers it scores best")
+    rm_eval_prompts: int = field(64, help="validation prompts answered (greedy) for RM selection")
+    seed: int = field(0, help="random seed")
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"], help="trackers")
+
+    def validate(self) -> None:
+        if not 0 <= self.valid_fraction < 1:
+            raise ConfigError("valid_fraction must be in [0, 1)")
+
+
+def encode_demos(tok, demos: list[Demonstration], max_len: int) -> list[tuple[list[int], list[int]]]:
+    return [sft_example(encode_prompt(tok, d.prompt), encode_response(tok, d.response), max_len) for d in demos]
+
+
+def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    ids = pad([r[0] for r in rows], pad_id)
+    return {"input_ids": ids, "labels": pad([r[1] for r in rows], IGNORE),
+            "attention_mask": pad([[1] * len(r[0]) for r in rows], 0)}
+
+
+@torch.no_grad()
+def eval_loss(model, rows, pad_id: int, batch_size: int) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(rows), batch_size):
+        b = {k: v.to(model.device) for k, v in collate(rows[i : i + batch_size], pad_id).items()}
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        n = int((b["labels"][:, 1:] != IGNORE).sum())
+        total += masked_lm_loss(logits, b["labels"]).item() * n
+        count += n
+    model.train()
+    return total / max(count, 1)
+
+
+def rm_selection_score(model, tok, rm_path: str, prompts: list) -> float:
+    """Mean RM score of greedy answers to validation prompts (InstructGPT's SFT model selection)."""
+    from tiller.rollout import generate
+    from tiller.scoring import RewardScorer
+
+    texts = generate(model, tok, prompts, temperature=0.0).texts
+    return float(sum(RewardScorer(rm_path).score(prompts, texts)) / max(len(texts), 1))
+
+
+def sft(cfg: SFTConfig, model_path: str, demos_path: Path, out: Path, log_dir: Path, force: bool = False) -> dict:
+    """Fine-tune ``model_path`` on demonstrations; writes ``out`` (a save_pretrained folder)."""
+    inputs = {"model": model_path, "demos": demos_path, **({"rm": cfg.select_by_rm} if cfg.select_by_rm else {})}
+    fp = fingerprint("sft", cfg, inputs)
+    if is_done(out, fp) and not force:
+        return read_manifest(out)["metrics"]
+    set_seed(cfg.seed)
+    demos = read_records(demos_path, "demonstration")
+    random.Random(cfg.seed).shuffle(demos)
+    n_valid = int(len(demos) * cfg.valid_fraction)
+    valid, train = demos[:n_valid], demos[n_valid:]
+    if not train:
+        raise ConfigError(f"{demos_path}: no demonstrations left to train on")
+    model, tok = load_policy(model_path)
+    train_rows = encode_demos(tok, train, cfg.max_len)
+    valid_rows = encode_demos(tok, valid, cfg.max_len)
+    if cfg.packing:
+        train_rows = pack_examples(train_rows, cfg.max_len, tok.pad_token_id)
+    steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
+    acc = make_accelerator()
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    sched = cosine_schedule(opt, steps_per_epoch * cfg.epochs, warmup_ratio=0.03)
+    model, opt, sched = acc.prepare(model, opt, sched)
+    tracker = Tracker(log_dir, "sft", cfg.report_to)
+    rng = random.Random(cfg.seed)
+    best: tuple[float, dict, dict] | None = None
+    history = []
+    step, start = 0, time.time()
+    bar = progress(steps_per_epoch * cfg.epochs, "sft")
+    model.train()
+    for epoch in range(cfg.epochs):
+        order = list(range(len(train_rows)))
+        rng.shuffle(order)
+        for i in range(0, len(order), cfg.batch_size):
+            b = {k: v.to(acc.device) for k, v in collate([train_rows[j] for j in order[i : i + cfg.batch_size]],
+                                                           tok.pad_token_id).items()}
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            loss = masked_lm_loss(logits, b["labels"])
+            acc.backward(loss)
+            acc.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+                tracker.log({"loss/train": loss.item(), "charts/lr": sched.get_last_lr()[0]}, step)
+        unwrapped = acc.unwrap_model(model)
+        metrics = {"epoch": epoch + 1, "loss/train": loss.item()}
+        if valid_rows:
+            metrics["loss/eval"] = eval_loss(unwrapped, valid_rows, tok.pad_token_id, cfg.batch_size)
+        if cfg.select_by_rm and valid:
+            metrics["eval/rm_score"] = rm_selection_score(unwrapped, tok, cfg.select_by_rm,
+                                                          [d.prompt for d in valid[: cfg.rm_eval_prompts]])
+        tracker.log(metrics, step)
+        history.append(metrics)
+        if not cfg.select_by_rm or best is None or metrics["eval/rm_score"] > best[0]:
+            # without a reward model the last epoch is kept; with one, the best-scoring epoch
+            snapshot = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
+            best = (metrics.get("eval/rm_score", 0.0), snapshot, metrics)
+    bar.close()
+    tracker.close()
+    assert best is not None
+    unwrapped = acc.unwrap_model(model)
+    unwrapped.load_state_dict(best[1])
+    result = {**best[2], "seconds": time.time() - start, "n_train": len(train), "n_valid": len(valid)}
+    with atomic_dir(out) as tmp:
+        unwrapped.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_manifest(tmp, stage="sft", fingerprint=fp, config=cfg, seed=cfg.seed, metrics=result,
+                       history=history, inputs={k: str(v) for k, v in inputs.items()})
+    (log_dir / "sft-history.json").write_text(json.dumps(history, indent=2))
+    return result

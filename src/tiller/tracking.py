@@ -1,0 +1,58 @@
+"""Metrics: always to ``logs/metrics.jsonl``; to TensorBoard by default and to any tracker accelerate
+knows (wandb, mlflow, aim, ...) by flag (``report_to=[...]``)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+
+class Tracker:
+    """Logs namespaced scalars (``loss/policy``, ``objective/kl``) for one stage of a run."""
+
+    def __init__(self, log_dir: str | Path, stage: str, report_to: list[str] | tuple[str, ...] = ("tensorboard",)):
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.stage = stage
+        self._jsonl = open(self.log_dir / "metrics.jsonl", "a")
+        self._trackers = []
+        for name in report_to:
+            if name in ("none", "jsonl"):
+                continue
+            if name not in LOGGER_TYPE_TO_CLASS:
+                raise ValueError(f"unknown tracker {name!r}; known: {', '.join(LOGGER_TYPE_TO_CLASS)}")
+            cls = LOGGER_TYPE_TO_CLASS[name]
+            if name == "tensorboard":
+                self._trackers.append(cls(stage, str(self.log_dir)))
+            else:
+                self._trackers.append(cls(f"tiller-{stage}"))
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        self._jsonl.write(json.dumps({"stage": self.stage, "step": step, "time": time.time(), **scalars}) + "\n")
+        self._jsonl.flush()
+        for t in self._trackers:
+            t.log(scalars, step=step)
+
+    def close(self) -> None:
+        self._jsonl.close()
+        for t in self._trackers:
+            t.finish()
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_metrics(log_dir: str | Path, stage: str | None = None) -> list[dict[str, Any]]:
+    f = Path(log_dir) / "metrics.jsonl"
+    if not f.is_file():
+        return []
+    rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return [r for r in rows if stage is None or r.get("stage") == stage]

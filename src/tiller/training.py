@@ -1,0 +1,80 @@
+"""What every training stage shares: the accelerator, optimiser and schedule, resumable checkpoints.
+
+Loops are written on ``accelerate.Accelerator`` so the same stage runs under ``accelerate launch`` on
+many devices. Checkpoints use ``Accelerator.save_state`` (model, optimiser, scheduler, RNG states) plus a
+small JSON of loop state, written to a temporary folder and renamed, so a killed run resumes from the
+last whole checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed as _accelerate_set_seed
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from tiller.runs import atomic_dir
+
+LOOP_STATE = "loop.json"
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    _accelerate_set_seed(seed)
+
+
+def make_accelerator(grad_accum: int = 1, mixed_precision: str = "no", cpu: bool = False) -> Accelerator:
+    return Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision=mixed_precision, cpu=cpu)
+
+
+def make_optimizer(
+    model: torch.nn.Module, lr: float, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.95)
+) -> torch.optim.Optimizer:
+    """AdamW with no weight decay on biases and norms (the usual GPT recipe)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name or "ln_" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8)
+
+
+def cosine_schedule(opt: torch.optim.Optimizer, total_steps: int, warmup_ratio: float = 0.05):
+    return get_cosine_schedule_with_warmup(opt, max(1, int(total_steps * warmup_ratio)), max(1, total_steps))
+
+
+def progress(total: int, desc: str, disable: bool = False) -> tqdm:
+    return tqdm(total=total, desc=desc, dynamic_ncols=True, disable=disable or os.environ.get("TILLER_QUIET") == "1")
+
+
+class Checkpointer:
+    """Resumable training state in ``folder`` (one slot, replaced atomically)."""
+
+    def __init__(self, folder: str | Path, accelerator: Accelerator):
+        self.folder = Path(folder)
+        self.acc = accelerator
+
+    def save(self, loop_state: dict[str, Any]) -> None:
+        with atomic_dir(self.folder) as tmp:
+            self.acc.save_state(str(tmp))
+            (tmp / LOOP_STATE).write_text(json.dumps(loop_state))
+
+    def load(self) -> dict[str, Any] | None:
+        """Restore the registered model/optimiser/scheduler/RNG; returns the loop state, or None."""
+        if not (self.folder / LOOP_STATE).is_file():
+            return None
+        self.acc.load_state(str(self.folder))
+        return json.loads((self.folder / LOOP_STATE).read_text())
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
