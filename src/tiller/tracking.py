@@ -27,9 +27,12 @@ class Tracker:
                 raise ValueError(f"unknown tracker {name!r}; known: {', '.join(LOGGER_TYPE_TO_CLASS)}")
             cls = LOGGER_TYPE_TO_CLASS[name]
             if name == "tensorboard":
-                self._trackers.append(cls(stage, str(self.log_dir)))
+                tracker = cls(stage, str(self.log_dir))
             else:
-                self._trackers.append(cls(f"tiller-{stage}"))
+                tracker = cls(f"tiller-{stage}")
+            if hasattr(tracker, "start"):  # accelerate >= 1.x creates the writer lazily
+                tracker.start()
+            self._trackers.append(tracker)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}

@@ -20,7 +20,7 @@ import torch
 from tiller.batching import batch, encode_prompt, encode_response, join
 from tiller.chat import prompt_key
 from tiller.config import ConfigError, field
-from tiller.data.formats import Ranking, read_records
+from tiller.data import Ranking, read_records
 from tiller.losses import ranking_loss, ranks_from_groups
 from tiller.models import ScalarModel, load_tokenizer
 from tiller.runs import atomic_dir, fingerprint, is_done, read_manifest, write_manifest

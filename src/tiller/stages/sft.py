@@ -18,7 +18,7 @@ import torch
 
 from tiller.batching import IGNORE, encode_prompt, encode_response, pack_examples, pad, sft_example
 from tiller.config import ConfigError, field
-from tiller.data.formats import Demonstration, read_records
+from tiller.data import Demonstration, read_records
 from tiller.losses import masked_lm_loss
 from tiller.models import load_policy
 from tiller.runs import atomic_dir, fingerprint, is_done, read_manifest, write_manifest

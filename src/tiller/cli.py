@@ -1,0 +1,253 @@
+"""``tiller``: one command, a subcommand per stage.
+
+Every stage takes ``--run NAME`` (its files live in ``runs/NAME/``), ``--config FILE`` (YAML) and
+``key=value`` overrides after the options; its inputs default to the files earlier stages wrote in the
+same run folder. A bad config or data file prints one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from tiller.config import ConfigError, help_lines, load_config
+from tiller.data.cli import app as data_app
+from tiller.data.formats import DataError
+from tiller.runs import run_dir
+
+app = typer.Typer(
+    help="tiller: train language models to follow instructions from human feedback (SFT, reward models, PPO-ptx).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_app)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+Run = Annotated[str, typer.Option("--run", "-r", help="run name (folder under runs/) or path")]
+Config = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")]
+Force = Annotated[bool, typer.Option("--force", help="redo the stage even if its outputs are up to date")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="config overrides, key=value (dotted for nesting)")]
+
+
+def user_errors(fn: F) -> F:
+    """Turn the errors a user can fix (bad config, bad data) into one line on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, DataError, FileNotFoundError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def epilog(cls: type) -> str:
+    return "Config keys (YAML or key=value):\n\n" + "\n\n".join(help_lines(cls))
+
+
+def require(path: Path, what: str) -> Path:
+    if not Path(path).exists():
+        raise ConfigError(f"{what} {path} does not exist (run the earlier stage first, or pass its path)")
+    return Path(path)
+
+
+def show(metrics: dict) -> None:
+    for k, v in metrics.items():
+        if isinstance(v, float):
+            typer.echo(f"  {k:<28} {v:.4f}")
+        elif isinstance(v, (int, str)):
+            typer.echo(f"  {k:<28} {v}")
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+
+@app.command("world", epilog=None)
+@user_errors
+def world_cmd(run: Run = "default", config: Config = None, force: Force = False, overrides: Overrides = None) -> None:
+    """Build the embedded default world: prompts, demonstrations, pretraining corpus, simulated labelers."""
+    from tiller.world.cli import world_cmd as build
+
+    build(run_dir(run) / "world", config, overrides or [], force)
+
+
+@app.command("pretrain")
+@user_errors
+def pretrain_cmd(run: Run = "default", config: Config = None, force: Force = False, overrides: Overrides = None,
+                 corpus: Annotated[Path | None, typer.Option(help="corpus-train.jsonl (default: the run's world)")] = None,
+                 valid: Annotated[Path | None, typer.Option(help="corpus-valid.jsonl")] = None) -> None:
+    """Stage 0: train a tokenizer and pretrain a small base model on the corpus."""
+    from tiller.stages.pretrain import PretrainConfig, pretrain
+
+    cfg = load_config(PretrainConfig, config, overrides or [])
+    rd = run_dir(run)
+    corpus = require(corpus or rd / "world/corpus-train.jsonl", "corpus")
+    valid = require(valid or rd / "world/corpus-valid.jsonl", "validation corpus")
+    metrics = pretrain(cfg, corpus, valid, rd / "base", rd / "logs", force)
+    typer.echo(f"base model in {rd / 'base'}")
+    show(metrics)
+
+
+@app.command("sft")
+@user_errors
+def sft_cmd(run: Run = "default", config: Config = None, force: Force = False, overrides: Overrides = None,
+            model: Annotated[str | None, typer.Option(help="base model folder or hub name (default: the run's base)")] = None,
+            demos: Annotated[Path | None, typer.Option(help="demonstrations JSONL")] = None,
+            out: Annotated[Path | None, typer.Option(help="output folder (default runs/NAME/sft)")] = None) -> None:
+    """Stage 1: supervised fine-tuning on demonstrations (loss on response tokens only)."""
+    from tiller.stages.sft import SFTConfig, sft
+
+    cfg = load_config(SFTConfig, config, overrides or [])
+    rd = run_dir(run)
+    demos = require(demos or rd / "world/demos.jsonl", "demonstrations")
+    metrics = sft(cfg, model or str(require(rd / "base", "base model")), demos, out or rd / "sft", rd / "logs", force)
+    typer.echo(f"SFT model in {out or rd / 'sft'}")
+    show(metrics)
+
+
+@app.command("sample")
+@user_errors
+def sample_cmd(run: Run = "default", config: Config = None, force: Force = False, overrides: Overrides = None,
+               policy: Annotated[str | None, typer.Option(help="policy folder (default: the run's sft)")] = None,
+               prompts: Annotated[Path | None, typer.Option(help="prompts JSONL")] = None,
+               out: Annotated[Path | None, typer.Option(help="output JSONL")] = None) -> None:
+    """Sample K answers per prompt from a policy, ready to be ranked."""
+    from tiller.stages.sample import SampleConfig, sample
+
+    cfg = load_config(SampleConfig, config, overrides or [])
+    rd = run_dir(run)
+    out = out or rd / "data/samples.jsonl"
+    metrics = sample(cfg, policy or str(require(rd / "sft", "policy")),
+                     require(prompts or rd / "world/prompts.jsonl", "prompts"), out, force)
+    typer.echo(f"samples in {out}")
+    show(metrics)
+
+
+@app.command("label")
+@user_errors
+def label_cmd(run: Run = "default", config: Config = None, overrides: Overrides = None,
+              labeler: Annotated[str | None, typer.Option(help="world | app | rm")] = None,
+              samples: Annotated[Path | None, typer.Option(help="samples JSONL to rank")] = None,
+              out: Annotated[Path | None, typer.Option(help="rankings JSONL to write")] = None) -> None:
+    """Rank sampled answers: simulated labelers (world), people in the web app (app), or a reward model (rm)."""
+    from tiller.labelers import LabelConfig, label
+
+    rd = run_dir(run)
+    extra = [f"labeler={labeler}"] if labeler else []
+    cfg = load_config(LabelConfig, config, [*(overrides or []), *extra], base={"world": str(rd / "world")})
+    out = out or rd / "data/rankings.jsonl"
+    metrics = label(cfg, require(samples or rd / "data/samples.jsonl", "samples"), out)
+    typer.echo(f"rankings in {out}")
+    show(metrics)
+
+
+@app.command("rm")
+@user_errors
+def rm_cmd(run: Run = "default", config: Config = None, force: Force = False, overrides: Overrides = None,
+           model: Annotated[str | None, typer.Option(help="model to start from (default: the run's sft)")] = None,
+           rankings: Annotated[list[Path] | None, typer.Option(help="rankings JSONL (repeatable)")] = None,
+           demos: Annotated[Path | None, typer.Option(help="demonstrations: the bias makes them score mean 0")] = None,
+           out: Annotated[Path | None, typer.Option(help="output folder (default runs/NAME/rm)")] = None) -> None:
+    """Stage 2: a reward model from K-wise rankings (one forward per answer, all pairs of a prompt together)."""
+    from tiller.stages.reward import RMConfig, train_rm
+
+    cfg = load_config(RMConfig, config, overrides or [])
+    rd = run_dir(run)
+    files = [require(p, "rankings") for p in (rankings or [rd / "data/rankings.jsonl"])]
+    demos = demos if demos is not None else (rd / "world/demos.jsonl" if (rd / "world/demos.jsonl").is_file() else None)
+    out = out or rd / "rm"
+    metrics = train_rm(cfg, model or str(require(rd / "sft", "model")), files, demos, out, rd / "logs", force)
+    typer.echo(f"reward model in {out}")
+    show(metrics)
+
+
+@app.command("score")
+@user_errors
+def score_cmd(rm: Annotated[list[str], typer.Option(help="reward model folder (repeatable)")],
+              input: Annotated[Path, typer.Option(help="JSONL with prompt and response (or responses)")],
+              out: Annotated[Path, typer.Option(help="JSONL to write, each line with 'scores'")]) -> None:
+    """Score (prompt, response) pairs with one or more reward models."""
+    from tiller.scoring import RewardScorer
+
+    rows = [json.loads(line) for line in require(input, "input").read_text().splitlines() if line.strip()]
+    for i, r in enumerate(rows, 1):
+        if "prompt" not in r or ("response" not in r and "responses" not in r):
+            raise ConfigError(f"{input}:{i}: field 'prompt'/'response': each line needs a prompt and a response")
+    scorers = {p: RewardScorer(p) for p in rm}
+    for r in rows:
+        resp = r.get("responses") or [r["response"]]
+        r["scores"] = {p: s.score([r["prompt"]] * len(resp), resp) for p, s in scorers.items()}
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    typer.echo(f"scored {len(rows)} lines into {out}")
+
+
+@app.command("ppo")
+@user_errors
+def ppo_cmd(run: Run = "default", config: Config = None, force: Force = False, overrides: Overrides = None,
+            policy: Annotated[str | None, typer.Option(help="policy to start from (default: the run's sft)")] = None,
+            ref: Annotated[str | None, typer.Option(help="reference policy for the KL penalty (default: sft)")] = None,
+            rm: Annotated[str | None, typer.Option(help="reward model folder (or rewards=[...] in the config)")] = None,
+            prompts: Annotated[Path | None, typer.Option(help="prompts JSONL")] = None,
+            ptx_corpus: Annotated[Path | None, typer.Option(help="pretraining corpus for PPO-ptx")] = None,
+            algo: Annotated[str | None, typer.Option(help="ppo | reinforce | rloo | grpo")] = None,
+            out: Annotated[Path | None, typer.Option(help="output folder (default runs/NAME/policy)")] = None) -> None:
+    """Stage 3: RL against the reward model(s): PPO-ptx, or reinforce / rloo / grpo."""
+    from tiller.stages.ppo import PPOConfig, train_ppo
+
+    cfg = load_config(PPOConfig, config, [*(overrides or []), *([f"algo={algo}"] if algo else [])])
+    rd = run_dir(run)
+    sft = str(require(rd / "sft", "SFT model")) if not (policy and ref) else ""
+    out = out or rd / "policy"
+    corpus = ptx_corpus or (rd / "world/corpus-train.jsonl" if (rd / "world/corpus-train.jsonl").is_file() else None)
+    metrics = train_ppo(cfg, policy or sft, ref or sft, require(prompts or rd / "world/prompts.jsonl", "prompts"),
+                        out, rd / "logs", rm_path=rm or (str(rd / "rm") if not cfg.rewards else None),
+                        ptx_corpus=corpus, force=force)
+    typer.echo(f"policy in {out}")
+    show(metrics)
+
+
+@app.command("eval")
+@user_errors
+def eval_cmd(policy: Annotated[str, typer.Option(help="policy folder")],
+             run: Run = "default",
+             baseline: Annotated[str | None, typer.Option(help="policy to compare against (win rates)")] = None,
+             world: Annotated[Path | None, typer.Option(help="world folder (default: the run's)")] = None,
+             n_per_family: Annotated[int, typer.Option(help="held-out test prompts per family")] = 60,
+             seed: Annotated[int, typer.Option(help="sampling seed")] = 0) -> None:
+    """Judge a policy on held-out prompts with the world's gold labeler (and against a baseline)."""
+    from tiller.eval.evaluate import evaluate_policy, print_eval
+
+    result = evaluate_policy(policy, world or run_dir(run) / "world", baseline=baseline,
+                             n_per_family=n_per_family, seed=seed)
+    print_eval(result)
+
+
+def _mount_optional() -> None:
+    """Commands whose modules need optional extras; mounted when importable."""
+    try:
+        from tiller.feedback.cli import app as feedback_app
+
+        app.add_typer(feedback_app, name="app", help="The labeling web app and chat playground (needs tiller[app]).")
+    except ImportError:  # pragma: no cover - the [app] extra is not installed
+        pass
+    try:
+        from tiller.serve.cli import serve_cmd
+
+        app.command("serve", help="Serve a model with an OpenAI-compatible API (/v1/chat/completions).")(serve_cmd)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+_mount_optional()
+
+if __name__ == "__main__":
+    app()

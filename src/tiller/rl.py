@@ -1,0 +1,108 @@
+"""Tensors for RL from a rollout: prompt+response sequences, per-token logprobs and values, EMA weights.
+
+Layout (B sequences, prompt width P, response width R): ``input_ids`` is ``[left-padded prompt |
+right-padded response]`` of width P+R. The logits at position P-1+t predict response token t, so the
+per-token tensors (``logprobs``, ``values``, ``mask``) are (B, R), aligned with the response tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tiller.batching import pad
+from tiller.losses import logprobs_from_logits
+from tiller.models import ScalarModel, position_ids_from_mask
+
+
+@dataclass
+class SequenceBatch:
+    input_ids: torch.Tensor  # (B, P+R)
+    attention_mask: torch.Tensor  # (B, P+R)
+    response_ids: torch.Tensor  # (B, R)
+    mask: torch.Tensor  # (B, R) float, 1 on real response tokens
+    prompt_width: int
+
+    def select(self, idx: torch.Tensor) -> SequenceBatch:
+        return SequenceBatch(self.input_ids[idx], self.attention_mask[idx], self.response_ids[idx], self.mask[idx],
+                             self.prompt_width)
+
+
+def build_sequences(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> SequenceBatch:
+    """Join left-padded prompts and right-padded responses (an empty response keeps one masked pad)."""
+    resp = [r if r else [pad_id] for r in response_ids]
+    p = pad(prompt_ids, pad_id, side="left")
+    pm = pad([[1] * len(x) for x in prompt_ids], 0, side="left")
+    r = pad(resp, pad_id, side="right")
+    rm = pad([[1] * len(x) if x else [0] for x in response_ids], 0, side="right")
+    return SequenceBatch(torch.cat([p, r], 1), torch.cat([pm, rm], 1), r, rm.float(), p.shape[1])
+
+
+def policy_forward(model: nn.Module, b: SequenceBatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Response-token logprobs under ``model`` at the sampling temperature, and the logits. (B, R), (B, R, V)"""
+    out = model(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                position_ids=position_ids_from_mask(b.attention_mask))
+    logits = out.logits[:, b.prompt_width - 1 : -1].float()
+    return logprobs_from_logits(logits, b.response_ids, temperature), logits
+
+
+def value_forward(value_model: ScalarModel, b: SequenceBatch) -> torch.Tensor:
+    """V(s_t) for each response token t: the head read at the position that generates it. (B, R)"""
+    v = value_model.token_values(b.input_ids, b.attention_mask)
+    return v[:, b.prompt_width - 1 : -1]
+
+
+class EMA:
+    """Exponential moving average of a model's weights (InstructGPT appendix C.4: EMA decay 0.992)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.dtype.is_floating_point}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if k in self.shadow:
+                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for k, v in state.items():
+            self.shadow[k].copy_(v)
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        model.load_state_dict(self.shadow, strict=False)
+
+
+class RunningMoments:
+    """Running mean and standard deviation (Chan et al. parallel update), for reward scaling and baselines."""
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.var = 0, 0.0, 1.0
+
+    @property
+    def std(self) -> float:
+        return self.var ** 0.5
+
+    def update(self, xs: torch.Tensor) -> None:
+        xs = xs.detach().float().flatten()
+        n = xs.numel()
+        if n == 0:
+            return
+        b_mean, b_var = float(xs.mean()), float(xs.var(unbiased=False))
+        total = self.count + n
+        delta = b_mean - self.mean
+        m2 = (self.var * self.count if self.count else 0.0) + b_var * n + delta**2 * self.count * n / total
+        self.mean += delta * n / total
+        self.var, self.count = m2 / total, total
+
+    def state_dict(self) -> dict[str, float]:
+        return {"count": self.count, "mean": self.mean, "var": self.var}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.count, self.mean, self.var = int(state["count"]), float(state["mean"]), float(state["var"])

@@ -1,0 +1,40 @@
+"""``tiller serve --model PATH``: an OpenAI-compatible chat server for a tiller model.
+
+Mounted by the lead in ``tiller.cli`` as ``app.command("serve")(serve_cmd)``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def serve_cmd(
+    model: Annotated[str, typer.Option("--model", help="Saved tiller model folder (or hub name) to serve.")],
+    host: Annotated[
+        str, typer.Option(help="Interface to listen on; 0.0.0.0 exposes it to the network.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    device: Annotated[
+        str | None, typer.Option(help="torch device (cpu, cuda, cuda:1); default: best available.")
+    ] = None,
+    model_name: Annotated[
+        str | None, typer.Option(help="Model id clients send as `model`; default: the --model value.")
+    ] = None,
+) -> None:
+    """Serve POST /v1/chat/completions, GET /v1/models and GET /health until interrupted."""
+    import uvicorn
+
+    from tiller.serve.api import create_app
+    from tiller.serve.engine import ChatEngine
+
+    try:
+        engine = ChatEngine(model, device=device, model_name=model_name)
+    except (OSError, ValueError, RuntimeError) as e:
+        # A missing folder, a folder without a model or a bad device string: the user's to fix.
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        typer.echo(f"error: cannot load model {model!r}: {first_line}", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(f"serving {engine.model_name!r} on http://{host}:{port}/v1 (device {engine.device})", err=True)
+    uvicorn.run(create_app(engine), host=host, port=port, log_level="info")

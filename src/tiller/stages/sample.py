@@ -1,0 +1,66 @@
+"""Sampling K answers per prompt from a policy, ready to be ranked (InstructGPT: K = 4..9)."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tiller.config import ConfigError, field
+from tiller.data import PromptRecord, SampleSet, read_records, write_jsonl
+from tiller.models import load_policy
+from tiller.rollout import generate
+from tiller.runs import fingerprint, is_done, read_manifest, write_manifest
+from tiller.training import set_seed
+
+
+@dataclass
+class SampleConfig:
+    k: int = field(4, help="answers per prompt (2..9)")
+    n_prompts: int = field(300, help="prompts to sample (0: all of the split)")
+    split: str = field("train", help="which split of prompts.jsonl to draw from ('' for all)")
+    temperature: float = field(1.0, help="sampling temperature")
+    top_p: float = field(1.0, help="nucleus sampling")
+    max_new_tokens: int = field(40, help="longest answer in tokens")
+    batch_size: int = field(64, help="sequences generated at once")
+    dedupe: bool = field(False, help="drop sets whose K answers are all identical (nothing to rank)")
+    seed: int = field(0, help="random seed (prompt choice and sampling)")
+
+    def validate(self) -> None:
+        if not 2 <= self.k <= 9:
+            raise ConfigError(f"k must be between 2 and 9, got {self.k}")
+
+
+def sample(cfg: SampleConfig, policy: str, prompts_path: Path, out: Path, force: bool = False) -> dict:
+    """Write ``out`` (JSONL of SampleSet records) with K answers to each chosen prompt."""
+    meta_dir = out.with_suffix(".manifest")
+    fp = fingerprint("sample", cfg, {"policy": policy, "prompts": prompts_path})
+    if out.is_file() and is_done(meta_dir, fp) and not force:
+        return read_manifest(meta_dir)["metrics"]
+    set_seed(cfg.seed)
+    records: list[PromptRecord] = [p for p in read_records(prompts_path, "prompt") if not cfg.split or p.split == cfg.split]
+    if not records:
+        raise ConfigError(f"{prompts_path}: no prompts in split {cfg.split!r}")
+    random.Random(cfg.seed).shuffle(records)
+    if cfg.n_prompts:
+        records = records[: cfg.n_prompts]
+    model, tok = load_policy(policy)
+    start = time.time()
+    ro = generate(model, tok, [r.prompt for r in records], n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
+                  max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed, show_progress=True)
+    sets = []
+    for i, r in enumerate(records):
+        responses = [t if t.strip() else "..." for t in ro.texts[i * cfg.k : (i + 1) * cfg.k]]
+        if cfg.dedupe and len(set(responses)) == 1:
+            continue
+        sets.append(SampleSet(id=r.id, prompt=r.prompt, responses=responses, policy=str(policy),
+                              user_id=r.user_id, family=r.family))
+    write_jsonl(out, sets)
+    seconds = time.time() - start
+    metrics = {"sets": len(sets), "k": cfg.k, "seconds": seconds,
+               "tokens_per_s": sum(len(x) for x in ro.response_ids) / max(seconds, 1e-9),
+               "ended_fraction": sum(ro.ended) / max(len(ro.ended), 1)}
+    write_manifest(meta_dir, stage="sample", fingerprint=fp, config=cfg, seed=cfg.seed, metrics=metrics,
+                   inputs={"policy": str(policy), "prompts": str(prompts_path)})
+    return metrics
