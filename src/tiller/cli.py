@@ -20,6 +20,10 @@ from tiller.data.cli import app as data_app
 from tiller.data.formats import DataError
 from tiller.runs import run_dir
 
+transformers_logging = __import__("transformers").utils.logging
+transformers_logging.set_verbosity_error()  # load reports and shard progress are noise at this scale
+transformers_logging.disable_progress_bar()
+
 app = typer.Typer(
     help="tiller: train language models to follow instructions from human feedback (SFT, reward models, PPO-ptx).",
     no_args_is_help=True,
@@ -50,8 +54,33 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def epilog(cls: type) -> str:
-    return "Config keys (YAML or key=value):\n\n" + "\n\n".join(help_lines(cls))
+def epilog(module: str, name: str) -> str:
+    """The config keys of a stage, for its --help (imported lazily: only when help is shown)."""
+    import importlib
+
+    cls = getattr(importlib.import_module(module), name)
+    return "Config keys (YAML file or key=value):\n\n" + "\n\n".join(f"  {line}" for line in help_lines(cls))
+
+
+class StageCommand(typer.core.TyperCommand):
+    """A command whose --help lists its config class's fields (``config_class = "module:Class"``), read
+    lazily so that importing the CLI does not import every stage."""
+
+    config_class = ""
+
+    @property
+    def epilog(self) -> str:  # type: ignore[override]
+        module, _, name = self.config_class.partition(":")
+        return epilog(module, name)
+
+    @epilog.setter
+    def epilog(self, value: str | None) -> None:
+        pass
+
+
+def stage(name: str, config_class: str):
+    cls = type(f"{name}Command", (StageCommand,), {"config_class": config_class})
+    return app.command(name, cls=cls)
 
 
 def require(path: Path, what: str) -> Path:
@@ -71,7 +100,7 @@ def show(metrics: dict) -> None:
 # ---------------------------------------------------------------------------------------------- stages
 
 
-@app.command("world", epilog=None)
+@stage("world", "tiller.world.config:WorldConfig")
 @user_errors
 def world_cmd(run: Run = "default", config: Config = None, force: Force = False, overrides: Overrides = None) -> None:
     """Build the embedded default world: prompts, demonstrations, pretraining corpus, simulated labelers."""
@@ -80,7 +109,7 @@ def world_cmd(run: Run = "default", config: Config = None, force: Force = False,
     build(run_dir(run) / "world", config, overrides or [], force)
 
 
-@app.command("pretrain")
+@stage("pretrain", "tiller.stages.pretrain:PretrainConfig")
 @user_errors
 def pretrain_cmd(run: Run = "default", config: Config = None, force: Force = False, overrides: Overrides = None,
                  corpus: Annotated[Path | None, typer.Option(help="corpus-train.jsonl (default: the run's world)")] = None,
@@ -97,7 +126,7 @@ def pretrain_cmd(run: Run = "default", config: Config = None, force: Force = Fal
     show(metrics)
 
 
-@app.command("sft")
+@stage("sft", "tiller.stages.sft:SFTConfig")
 @user_errors
 def sft_cmd(run: Run = "default", config: Config = None, force: Force = False, overrides: Overrides = None,
             model: Annotated[str | None, typer.Option(help="base model folder or hub name (default: the run's base)")] = None,
@@ -114,7 +143,7 @@ def sft_cmd(run: Run = "default", config: Config = None, force: Force = False, o
     show(metrics)
 
 
-@app.command("sample")
+@stage("sample", "tiller.stages.sample:SampleConfig")
 @user_errors
 def sample_cmd(run: Run = "default", config: Config = None, force: Force = False, overrides: Overrides = None,
                policy: Annotated[str | None, typer.Option(help="policy folder (default: the run's sft)")] = None,
@@ -132,7 +161,7 @@ def sample_cmd(run: Run = "default", config: Config = None, force: Force = False
     show(metrics)
 
 
-@app.command("label")
+@stage("label", "tiller.labelers:LabelConfig")
 @user_errors
 def label_cmd(run: Run = "default", config: Config = None, overrides: Overrides = None,
               labeler: Annotated[str | None, typer.Option(help="world | app | rm")] = None,
@@ -150,7 +179,7 @@ def label_cmd(run: Run = "default", config: Config = None, overrides: Overrides 
     show(metrics)
 
 
-@app.command("rm")
+@stage("rm", "tiller.stages.reward:RMConfig")
 @user_errors
 def rm_cmd(run: Run = "default", config: Config = None, force: Force = False, overrides: Overrides = None,
            model: Annotated[str | None, typer.Option(help="model to start from (default: the run's sft)")] = None,
@@ -190,7 +219,7 @@ def score_cmd(rm: Annotated[list[str], typer.Option(help="reward model folder (r
     typer.echo(f"scored {len(rows)} lines into {out}")
 
 
-@app.command("ppo")
+@stage("ppo", "tiller.stages.ppo:PPOConfig")
 @user_errors
 def ppo_cmd(run: Run = "default", config: Config = None, force: Force = False, overrides: Overrides = None,
             policy: Annotated[str | None, typer.Option(help="policy to start from (default: the run's sft)")] = None,
@@ -215,6 +244,51 @@ def ppo_cmd(run: Run = "default", config: Config = None, force: Force = False, o
     show(metrics)
 
 
+@stage("bon", "tiller.stages.best_of_n:BoNConfig")
+@user_errors
+def bon_cmd(run: Run = "default", config: Config = None, force: Force = False, overrides: Overrides = None,
+            policy: Annotated[str | None, typer.Option(help="policy to start from (default: the run's sft)")] = None,
+            rm: Annotated[str | None, typer.Option(help="reward model folder")] = None,
+            prompts: Annotated[Path | None, typer.Option(help="prompts JSONL")] = None,
+            out: Annotated[Path | None, typer.Option(help="output folder (default runs/NAME/bon)")] = None) -> None:
+    """Stage 3 alternative: best-of-K rejection sampling, then fine-tuning on the RM's picks."""
+    from tiller.stages.best_of_n import BoNConfig, best_of_n
+
+    cfg = load_config(BoNConfig, config, overrides or [])
+    rd = run_dir(run)
+    out = out or rd / "bon"
+    metrics = best_of_n(cfg, policy or str(require(rd / "sft", "policy")),
+                        require(prompts or rd / "world/prompts.jsonl", "prompts"), out, rd / "logs",
+                        rm_path=rm or (str(require(rd / "rm", "reward model")) if not cfg.rewards else None), force=force)
+    typer.echo(f"policy in {out}")
+    show(metrics)
+
+
+@stage("run", "tiller.pipeline:RunConfig")
+@user_errors
+def run_cmd(run: Run = "default", config: Config = None, force: Force = False, overrides: Overrides = None) -> None:
+    """The whole loop: world, pretrain, SFT, then rounds of sample/label/RM/PPO, evaluation and a report.
+
+    Resumable: rerun the same command after a crash or kill and it continues from the last finished stage
+    or checkpoint."""
+    from tiller.pipeline import RunConfig, run_pipeline
+
+    cfg = load_config(RunConfig, config, overrides or [])
+    report = run_pipeline(cfg, run_dir(run), force)
+    typer.echo(f"\nreport: {report}")
+    summary = report.parent / "metrics.json"
+    if summary.is_file():
+        show(json.loads(summary.read_text()))
+
+
+@app.command("report")
+def report_cmd(run: Run = "default") -> None:
+    """Re-render the HTML report of a finished run from its results.json."""
+    from tiller.eval.report import report_cmd as render
+
+    typer.echo(f"report: {render(run)}")
+
+
 @app.command("eval")
 @user_errors
 def eval_cmd(policy: Annotated[str, typer.Option(help="policy folder")],
@@ -236,7 +310,7 @@ def _mount_optional() -> None:
     try:
         from tiller.feedback.cli import app as feedback_app
 
-        app.add_typer(feedback_app, name="app", help="The labeling web app and chat playground (needs tiller[app]).")
+        app.add_typer(feedback_app, name="app", help="The labeling web app and chat playground (needs the app extra).")
     except ImportError:  # pragma: no cover - the [app] extra is not installed
         pass
     try:

@@ -107,6 +107,13 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
         raise ConfigError(
             f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})"
         )
+    data = dict(data)
+    for k, v in data.items():  # a nested section given partly keeps the field's own defaults for the rest
+        f = known[k]
+        if isinstance(v, dict) and f.default_factory is not MISSING:
+            default = f.default_factory()
+            if is_dataclass(default):
+                data[k] = {**to_dict(default), **v}
     kwargs = {k: _coerce(v, hints[k], f"{where}: field {k!r}") for k, v in data.items()}
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)

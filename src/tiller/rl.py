@@ -25,6 +25,10 @@ class SequenceBatch:
     mask: torch.Tensor  # (B, R) float, 1 on real response tokens
     prompt_width: int
 
+    def to(self, device: torch.device | str) -> SequenceBatch:
+        return SequenceBatch(self.input_ids.to(device), self.attention_mask.to(device), self.response_ids.to(device),
+                             self.mask.to(device), self.prompt_width)
+
     def select(self, idx: torch.Tensor) -> SequenceBatch:
         return SequenceBatch(self.input_ids[idx], self.attention_mask[idx], self.response_ids[idx], self.mask[idx],
                              self.prompt_width)
@@ -52,6 +56,14 @@ def value_forward(value_model: ScalarModel, b: SequenceBatch) -> torch.Tensor:
     """V(s_t) for each response token t: the head read at the position that generates it. (B, R)"""
     v = value_model.token_values(b.input_ids, b.attention_mask)
     return v[:, b.prompt_width - 1 : -1]
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """RL needs the sampling policy and the trained policy to be the same function (lm-human-preferences
+    turns dropout off), otherwise the PPO ratio is not 1 on the first minibatch."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
 
 
 class EMA:

@@ -19,7 +19,7 @@ import typer
 
 from tiller.config import ConfigError, load_config
 from tiller.data.formats import DataError, PromptRecord, Ranking, SampleSet, kind_class, ranking_to_pairs
-from tiller.data.importers import IMPORTERS, import_summarize
+from tiller.data.importers import IMPORTERS, count_empty, import_summarize
 from tiller.data.io import RecordList, read_records, write_jsonl
 from tiller.data.prompts import CurationConfig, curate
 
@@ -34,13 +34,15 @@ def _fail(message: str) -> typer.Exit:
 @contextmanager
 def _quiet_io_log():
     """The commands list skipped records themselves, so the library's warnings would print them twice."""
-    logger = logging.getLogger("tiller.data.io")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in ("tiller.data.io", "tiller.data.importers")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _report_skipped(records: RecordList[Any]) -> None:
@@ -75,6 +77,10 @@ def import_cmd(
     _report_skipped(records)
     n = write_jsonl(out, records)
     typer.echo(f"wrote {n} rankings to {out}")
+    n_empty = count_empty(records)
+    if n_empty:
+        typer.echo(f"note: {n_empty} of {n} rankings have an empty answer (kept; read them with "
+                   "allow_empty=true, or validate with --allow-empty)", err=True)
 
 
 def _summary(kind: str, records: list[Any]) -> str:
@@ -100,10 +106,11 @@ def _summary(kind: str, records: list[Any]) -> str:
 def validate_cmd(
     kind: Annotated[str, typer.Argument(help="prompt | demonstration | sample | ranking | pair (plural fine)")],
     path: Annotated[Path, typer.Argument(help="file to check (.jsonl[.gz], .json, .parquet, datasets folder)")],
+    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="accept empty responses")] = False,
 ) -> None:
     """Check every record of a file; print counts, or the first problem (exit 2)."""
     try:
-        records = read_records(path, kind)
+        records = read_records(path, kind, allow_empty=allow_empty)
     except DataError as e:
         raise _fail(str(e)) from None
     typer.echo(f"{path}: {_summary(kind, records)}")

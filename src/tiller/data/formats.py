@@ -30,6 +30,9 @@ FLAGS = (
 )
 SPLITS = ("train", "valid", "test")
 Prompt = str | Messages
+# An empty answer is refused by default (usually a broken export), but it can be a real preference: in
+# HH-RLHF harmless data a labeler sometimes preferred saying nothing. ``allow_empty=True`` accepts it.
+EMPTY = "empty response (allow_empty=True, or --allow-empty, accepts empty answers)"
 
 
 class DataError(ValueError):
@@ -108,15 +111,15 @@ def _prompt(obj: dict[str, Any], name: str = "prompt", required: bool = True) ->
     return value if isinstance(value, str) else messages
 
 
-def _responses(obj: dict[str, Any], name: str = "responses") -> list[str]:
+def _responses(obj: dict[str, Any], name: str = "responses", allow_empty: bool = False) -> list[str]:
     value = _get(obj, name, True)
     if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
         raise DataError("expected a list of strings", name)
     if len(value) < 2:
         raise DataError(f"needs at least 2 responses to compare, got {len(value)}", name)
     for i, r in enumerate(value):
-        if not r.strip():
-            raise DataError("empty response", f"{name}[{i}]")
+        if not r.strip() and not allow_empty:
+            raise DataError(EMPTY, f"{name}[{i}]")
     return value
 
 
@@ -195,7 +198,8 @@ class PromptRecord:
     meta: dict[str, Any] | None = None
 
     @classmethod
-    def from_json(cls, obj: Any) -> PromptRecord:
+    def from_json(cls, obj: Any, allow_empty: bool = False) -> PromptRecord:
+        # allow_empty: accepted so every format reads alike; a prompt has no response to be empty
         o = _obj(obj, ("id", "prompt", "user_id", "family", "split", "consent", "meta"))
         split, consent, meta = o.get("split"), o.get("consent"), o.get("meta")
         if split is not None and split not in SPLITS:
@@ -230,12 +234,12 @@ class Demonstration:
     labeler: str | None = None
 
     @classmethod
-    def from_json(cls, obj: Any) -> Demonstration:
+    def from_json(cls, obj: Any, allow_empty: bool = False) -> Demonstration:
         o = _obj(obj, ("prompt", "response", "user_id", "id", "labeler"))
         prompt = _prompt(o)
         response = _str(o, "response", required=True)
-        if not response.strip():  # type: ignore[union-attr]
-            raise DataError("empty response", "response")
+        if not response.strip() and not allow_empty:  # type: ignore[union-attr]
+            raise DataError(EMPTY, "response")
         return cls(prompt, response, _str(o, "user_id"), _str(o, "id"), _str(o, "labeler"))  # type: ignore[arg-type]
 
     def to_json(self) -> dict[str, Any]:
@@ -254,12 +258,12 @@ class SampleSet:
     family: str | None = None
 
     @classmethod
-    def from_json(cls, obj: Any) -> SampleSet:
+    def from_json(cls, obj: Any, allow_empty: bool = False) -> SampleSet:
         o = _obj(obj, ("id", "prompt", "responses", "policy", "user_id", "family"))
         return cls(
             id=_str(o, "id", required=True, nonempty=True),  # type: ignore[arg-type]
             prompt=to_messages(_prompt(o)),  # type: ignore[arg-type]
-            responses=_responses(o),
+            responses=_responses(o, allow_empty=allow_empty),
             policy=_str(o, "policy"),
             user_id=_str(o, "user_id"),
             family=_str(o, "family"),
@@ -282,10 +286,10 @@ class Ranking:
     id: str | None = None
 
     @classmethod
-    def from_json(cls, obj: Any) -> Ranking:
+    def from_json(cls, obj: Any, allow_empty: bool = False) -> Ranking:
         o = _obj(obj, ("prompt", "responses", "ranking", "labeler", "likert", "flags", "id"))
         prompt = _prompt(o)
-        responses = _responses(o)
+        responses = _responses(o, allow_empty=allow_empty)
         k = len(responses)
         return cls(
             prompt=prompt,  # type: ignore[arg-type]
@@ -318,21 +322,21 @@ class Pair:
     _resolved: tuple[Prompt, str, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
-    def from_json(cls, obj: Any) -> Pair:
+    def from_json(cls, obj: Any, allow_empty: bool = False) -> Pair:
         o = _obj(obj, ("prompt", "chosen", "rejected"))
         for name in ("chosen", "rejected"):
             if _get(o, name, True) is None or not isinstance(o[name], str | list):
                 raise DataError("expected a string or a list of messages", name)
         pair = cls(o["chosen"], o["rejected"], _prompt(o, required=False))
-        pair.resolve()  # validate now, so a bad pair is refused on load with its field named
+        pair.resolve(allow_empty)  # validate now, so a bad pair is refused on load with its field named
         return pair
 
-    def resolve(self) -> tuple[Prompt, str, str]:
+    def resolve(self, allow_empty: bool = False) -> tuple[Prompt, str, str]:
         """(prompt, chosen answer, rejected answer) with an implicit prompt made explicit, as TRL's
         ``extract_prompt`` does: the longest shared prefix of messages, or for text of characters cut back
         to a word boundary."""
         if self._resolved is None:
-            self._resolved = _resolve_pair(self.prompt, self.chosen, self.rejected)
+            self._resolved = _resolve_pair(self.prompt, self.chosen, self.rejected, allow_empty)
         return self._resolved
 
     def to_json(self) -> dict[str, Any]:
@@ -340,7 +344,7 @@ class Pair:
         return _drop_none(out)
 
 
-def _answer(value: str | Messages, name: str) -> str:
+def _answer(value: str | Messages, name: str, allow_empty: bool = False) -> str:
     """An explicit-prompt completion: text, or a list of exactly one assistant message."""
     if isinstance(value, str):
         text = value
@@ -352,16 +356,16 @@ def _answer(value: str | Messages, name: str) -> str:
         if len(msgs) != 1 or msgs[0]["role"] != "assistant":
             raise DataError("expected one assistant message after an explicit prompt", name)
         text = msgs[0]["content"]
-    if not text.strip():
-        raise DataError("empty response", name)
+    if not text.strip() and not allow_empty:
+        raise DataError(EMPTY, name)
     return text
 
 
 def _resolve_pair(
-    prompt: Prompt | None, chosen: str | Messages, rejected: str | Messages
+    prompt: Prompt | None, chosen: str | Messages, rejected: str | Messages, allow_empty: bool = False
 ) -> tuple[Prompt, str, str]:
     if prompt is not None:
-        return prompt, _answer(chosen, "chosen"), _answer(rejected, "rejected")
+        return prompt, _answer(chosen, "chosen", allow_empty), _answer(rejected, "rejected", allow_empty)
     if isinstance(chosen, str) != isinstance(rejected, str):
         raise DataError("chosen and rejected must both be text or both be messages", "rejected")
     if isinstance(chosen, str):
@@ -376,7 +380,8 @@ def _resolve_pair(
             idx = space
         text_prompt = {"prompt": chosen[:idx]}
         p = _prompt(text_prompt)
-        return p, _answer(chosen[idx:], "chosen"), _answer(rejected[idx:], "rejected")  # type: ignore[return-value]
+        return (p, _answer(chosen[idx:], "chosen", allow_empty),  # type: ignore[return-value]
+                _answer(rejected[idx:], "rejected", allow_empty))
     convs = []
     for name, conv in (("chosen", chosen), ("rejected", rejected)):
         try:
@@ -394,7 +399,7 @@ def _resolve_pair(
         name = "chosen" if len(c) != n + 1 else "rejected"
         raise DataError("conversations differ before their last assistant message", name)
     p = _prompt({"prompt": c[:n]} if n else {}, required=True)
-    return p, _answer(c[n:], "chosen"), _answer(r[n:], "rejected")  # type: ignore[return-value]
+    return p, _answer(c[n:], "chosen", allow_empty), _answer(r[n:], "rejected", allow_empty)  # type: ignore[return-value]
 
 
 def ranking_to_pairs(r: Ranking) -> list[Pair]:

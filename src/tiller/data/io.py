@@ -115,9 +115,12 @@ def convert_rows(
     return records
 
 
-def read_records(path: str | Path, kind: str, skip_bad: bool = False) -> RecordList[Any]:
-    """Records of one kind (``prompt``, ``demonstration``, ``sample``, ``ranking``, ``pair``) from a file."""
-    return convert_rows(path, kind_class(kind).from_json, skip_bad)
+def read_records(path: str | Path, kind: str, skip_bad: bool = False, allow_empty: bool = False) -> RecordList[Any]:
+    """Records of one kind (``prompt``, ``demonstration``, ``sample``, ``ranking``, ``pair``) from a file.
+
+    An empty response is refused unless ``allow_empty`` (every other check is unchanged)."""
+    from_json = kind_class(kind).from_json
+    return convert_rows(path, lambda row: from_json(row, allow_empty=allow_empty), skip_bad)
 
 
 def write_jsonl(path: str | Path, records: Iterable[Any]) -> int:

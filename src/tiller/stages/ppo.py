@@ -39,7 +39,15 @@ from tiller.losses import (
     rloo_advantages,
 )
 from tiller.models import ScalarModel, load_policy
-from tiller.rl import EMA, RunningMoments, SequenceBatch, build_sequences, policy_forward, value_forward
+from tiller.rl import (
+    EMA,
+    RunningMoments,
+    SequenceBatch,
+    build_sequences,
+    disable_dropout,
+    policy_forward,
+    value_forward,
+)
 from tiller.rollout import generate
 from tiller.runs import atomic_dir, fingerprint, is_done, read_manifest, write_manifest
 from tiller.scoring import CompositeReward, RewardSource
@@ -148,11 +156,13 @@ def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Pat
     policy, tok = load_policy(policy_path)
     ref, _ = load_policy(ref_path)
     ref.eval().requires_grad_(False)
+    disable_dropout(policy)
     reward = CompositeReward(sources)
     value_model = None
     if cfg.algo == "ppo":  # value function initialised from the (first) reward model
         init = next(s.path for s in sources if s.kind == "rm") if any(s.kind == "rm" for s in sources) else policy_path
         value_model = ScalarModel.from_pretrained(init, tok)
+        disable_dropout(value_model)
     blocks = None
     if cfg.ptx_coef:
         from tiller.stages.pretrain import pack, read_corpus
@@ -193,7 +203,7 @@ def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Pat
         torch.manual_seed(cfg.seed + 7)
         ro = generate(pol, tok, eval_set, temperature=cfg.temperature, top_p=cfg.top_p,
                       max_new_tokens=cfg.max_new_tokens, batch_size=cfg.rollout_batch)
-        b = build_sequences(ro.prompt_ids, ro.response_ids, tok.pad_token_id)
+        b = build_sequences(ro.prompt_ids, ro.response_ids, tok.pad_token_id).to(acc.device)
         lp, rlp, _ = score_tokens(pol, ref, None, b, cfg.temperature)
         total, _ = reward.score(eval_set, ro.texts)
         point = {"iteration": it, "episodes": it * n_seq, "kl": float(((lp - rlp) * b.mask).sum(1).mean()),
@@ -228,9 +238,7 @@ def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Pat
             scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
         t2 = time.time()
         # 3. KL-penalised per-token rewards
-        b = build_sequences(ro.prompt_ids, ro.response_ids, tok.pad_token_id)
-        b = SequenceBatch(*(x.to(acc.device) if torch.is_tensor(x) else x for x in
-                            (b.input_ids, b.attention_mask, b.response_ids, b.mask, b.prompt_width)))
+        b = build_sequences(ro.prompt_ids, ro.response_ids, tok.pad_token_id).to(acc.device)
         old_lp, ref_lp, old_values = score_tokens(policy, ref, value_model, b, cfg.temperature)
         rewards, kl = kl_penalized_rewards(scores.to(acc.device), old_lp, ref_lp, b.mask, kl_ctl.value)
         # 4. advantages

@@ -1,0 +1,158 @@
+"""``tiller run``: the whole loop over one run folder, in rounds, resumable.
+
+    world -> pretrain -> sft -> [sample K -> label -> rm (all labels so far) -> ppo-ptx] x rounds -> eval -> report
+
+Round 1 also trains the comparison arms (plain PPO without ptx, best-of-K) from the same reward model.
+Every stage skips when its outputs are up to date and PPO resumes from its last checkpoint, so after a
+crash or ``kill -9`` the same command continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tiller.config import field, to_dict
+from tiller.labelers import LabelConfig, label
+from tiller.runs import atomic_write_text, clean_stale
+from tiller.stages.best_of_n import BoNConfig, best_of_n
+from tiller.stages.ppo import PPOConfig, train_ppo
+from tiller.stages.pretrain import PretrainConfig, pretrain
+from tiller.stages.reward import RMConfig, train_rm
+from tiller.stages.sample import SampleConfig, sample
+from tiller.stages.sft import SFTConfig, sft
+from tiller.tracking import read_metrics
+from tiller.world import WorldConfig
+
+
+@dataclass
+class EvalSettings:
+    n_per_family: int = field(60, help="held-out test prompts per family")
+    temperature: float = field(0.7, help="sampling temperature of evaluated answers")
+    bon_curve: bool = field(True, help="measure the best-of-n RM/gold vs KL curve")
+    seed: int = field(1234, help="sampling seed of evaluation")
+
+
+@dataclass
+class RunConfig:
+    rounds: int = field(2, help="rounds of sample -> label -> rm -> rl (InstructGPT iterates steps 2-3)")
+    base_model: str = field("", help="start from this HF model (folder or hub name) instead of pretraining one")
+    arms: list[str] = field(default_factory=lambda: ["ppo-noptx", "bon"], help="comparison arms trained in round 1")
+    later_round_iterations: int = field(0, help="RL iterations in rounds after the first (0: as round 1)")
+    world: WorldConfig = field(default_factory=WorldConfig, help="the embedded world")
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig, help="stage 0")
+    sft: SFTConfig = field(default_factory=SFTConfig, help="stage 1")
+    sample: SampleConfig = field(default_factory=SampleConfig, help="K answers per prompt for ranking")
+    label: LabelConfig = field(default_factory=LabelConfig, help="who ranks (world labelers by default)")
+    rm: RMConfig = field(default_factory=RMConfig, help="stage 2")
+    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(ptx_coef=1.0), help="stage 3 (PPO-ptx)")
+    bon: BoNConfig = field(default_factory=BoNConfig, help="best-of-K arm")
+    eval: EvalSettings = field(default_factory=EvalSettings, help="evaluation")
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str, fn, *args, **kwargs):
+        t = time.time()
+        print(f"== {name}", flush=True)
+        out = fn(*args, **kwargs)
+        self.seconds[name] = time.time() - t
+        return out
+
+
+def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
+    """Run (or resume) the whole loop in ``rd``; returns the report's path."""
+    from tiller.world import build_world, load_world
+
+    start = time.time()
+    rd.mkdir(parents=True, exist_ok=True)
+    clean_stale(rd)
+    atomic_write_text(rd / "run-config.json", json.dumps(to_dict(cfg), indent=2))
+    timer = Timer()
+    wd, logs, data = rd / "world", rd / "logs", rd / "data"
+    manifest = wd / "manifest.json"
+    if force or not manifest.is_file() or json.loads(manifest.read_text()).get("config") != to_dict(cfg.world):
+        timer("world", build_world, cfg.world, wd)
+    world = load_world(wd)
+    gold = lambda prompts, texts: [world.judge.score(p, t) for p, t in zip(prompts, texts, strict=True)]  # noqa: E731
+    prompts = wd / "prompts.jsonl"
+    base = cfg.base_model or str(rd / "base")
+    if not cfg.base_model:
+        timer("pretrain", pretrain, cfg.pretrain, wd / "corpus-train.jsonl", wd / "corpus-valid.jsonl",
+              rd / "base", logs, force)
+    sft_dir = str(rd / "sft")
+    timer("sft", sft, cfg.sft, base, wd / "demos.jsonl", rd / "sft", logs, force)
+    policies = {"base": base, "sft": sft_dir}
+    rm_results, rankings, policy = {}, [], sft_dir
+    for r in range(1, cfg.rounds + 1):
+        samples = data / f"samples-r{r}.jsonl"
+        s_cfg = SampleConfig(**{**cfg.sample.__dict__, "seed": cfg.sample.seed + r})
+        timer(f"sample-r{r}", sample, s_cfg, policy, prompts, samples, force)
+        ranked = data / f"rankings-r{r}.jsonl"
+        if force or not ranked.is_file() or ranked.stat().st_mtime < samples.stat().st_mtime:
+            l_cfg = LabelConfig(**{**cfg.label.__dict__, "world": cfg.label.world or str(wd), "seed": cfg.label.seed + r})
+            timer(f"label-r{r}", label, l_cfg, samples, ranked)
+        rankings.append(ranked)
+        rm_dir = rd / f"rm-r{r}"
+        m = timer(f"rm-r{r}", train_rm, cfg.rm, sft_dir, list(rankings), wd / "demos.jsonl", rm_dir, logs, force)
+        rm_results[f"r{r}"] = {**m, "gold_accuracy": rm_gold_accuracy(world, rm_dir, rankings, cfg.rm)}
+        ppo_cfg = cfg.ppo
+        if r > 1 and cfg.later_round_iterations:
+            ppo_cfg = PPOConfig(**{**cfg.ppo.__dict__, "iterations": cfg.later_round_iterations})
+        out = rd / f"policy-r{r}"
+        timer(f"ppo-r{r}", train_ppo, ppo_cfg, policy, sft_dir, prompts, out, logs, rm_path=str(rm_dir),
+              ptx_corpus=wd / "corpus-train.jsonl", gold_fn=gold, force=force)
+        policies[f"ppo-ptx-r{r}"] = str(out)
+        if r == 1 and "ppo-noptx" in cfg.arms:
+            noptx = PPOConfig(**{**cfg.ppo.__dict__, "ptx_coef": 0.0})
+            timer("ppo-noptx-r1", train_ppo, noptx, sft_dir, sft_dir, prompts, rd / "policy-noptx-r1", logs,
+                  rm_path=str(rm_dir), gold_fn=gold, force=force)
+            policies["ppo-noptx-r1"] = str(rd / "policy-noptx-r1")
+        if r == 1 and "bon" in cfg.arms:
+            timer("bon-r1", best_of_n, cfg.bon, sft_dir, prompts, rd / "bon-r1", logs, rm_path=str(rm_dir), force=force)
+            policies["bon-r1"] = str(rd / "bon-r1")
+        policy = str(out)
+    policies["final"] = policy
+    from tiller.eval.pipeline_eval import evaluate_run
+
+    results = timer("eval", evaluate_run, cfg, rd, world, policies, rm_results, gold)
+    results["stage_seconds"] = timer.seconds
+    results["seconds_total"] = time.time() - start
+    results["training"] = {s: rows for s in ("ppo-policy-r1", "ppo-policy-r2", "ppo-policy-noptx-r1")
+                           if (rows := read_metrics(logs, s))}
+    from tiller.eval.report import write_report
+
+    report_dir = rd / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(report_dir / "results.json", json.dumps(results, indent=2, default=str))
+    return write_report(results, report_dir)
+
+
+def rm_gold_accuracy(world, rm_dir: Path, rankings: list[Path], rm_cfg: RMConfig) -> float:
+    """On the RM's held-out prompts: share of response pairs with a strict gold preference that the RM
+    orders as the noiseless gold judge does (the labels it learned from were noisy)."""
+    from tiller.data import read_records
+    from tiller.scoring import RewardScorer
+    from tiller.stages.reward import split_by_prompt
+
+    records = [x for p in rankings for x in read_records(p, "ranking")]
+    _, held_out = split_by_prompt(records, rm_cfg.valid_fraction, rm_cfg.seed)
+    scorer = RewardScorer(str(rm_dir))
+    seen, right, total = set(), 0, 0
+    for r in held_out:
+        key = (json.dumps(r.prompt), tuple(r.responses))
+        if key in seen:
+            continue
+        seen.add(key)
+        scores = scorer.score([r.prompt] * len(r.responses), r.responses)
+        gold = [world.judge.score(r.prompt, x) for x in r.responses]
+        for i in range(len(scores)):
+            for j in range(i + 1, len(scores)):
+                if abs(gold[i] - gold[j]) > 1e-6:
+                    total += 1
+                    right += (scores[i] > scores[j]) == (gold[i] > gold[j])
+    return right / max(total, 1)

@@ -1,0 +1,87 @@
+"""Best-of-K rejection sampling then fine-tuning: the simple alternative to PPO for stage 3.
+
+Each round samples K answers per prompt from the current policy, keeps the one the reward model scores
+highest, and fine-tunes on those (as an SFT stage on "demonstrations" chosen by the RM). Expert iteration
+/ RAFT / Llama 2's rejection-sampling fine-tuning are this loop.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tiller.config import ConfigError, field
+from tiller.data import Demonstration, read_records, write_jsonl
+from tiller.models import load_policy
+from tiller.rollout import generate
+from tiller.runs import atomic_dir, fingerprint, is_done, read_manifest, write_manifest
+from tiller.scoring import CompositeReward, RewardSource
+from tiller.stages.sft import SFTConfig, sft
+
+
+@dataclass
+class BoNConfig:
+    k: int = field(8, help="answers sampled per prompt; the RM keeps the best")
+    rounds: int = field(1, help="sample-select-finetune rounds, each from the newest policy")
+    n_prompts: int = field(400, help="prompts per round")
+    temperature: float = field(1.0, help="sampling temperature")
+    max_new_tokens: int = field(40, help="longest answer")
+    prompt_split: str = field("train", help="split of prompts.jsonl to draw from")
+    rewards: list[RewardSource] = field(default_factory=list, help="reward sources (default: the run's RM)")
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(epochs=2, lr=3e-4, valid_fraction=0.0),
+                           help="fine-tuning settings for each round")
+    seed: int = field(0, help="random seed")
+
+    def validate(self) -> None:
+        if self.k < 2 or self.rounds < 1:
+            raise ConfigError("k must be >= 2 and rounds >= 1")
+
+
+def select_best(prompts: list, texts: list[str], scores: list[float], k: int) -> list[tuple[object, str, float]]:
+    """For each prompt, the answer with the highest score among its k consecutive samples."""
+    out = []
+    for i, p in enumerate(prompts):
+        j = max(range(k), key=lambda j: scores[i * k + j])
+        out.append((p, texts[i * k + j], scores[i * k + j]))
+    return out
+
+
+def best_of_n(cfg: BoNConfig, policy_path: str, prompts_path: Path, out: Path, log_dir: Path,
+              rm_path: str | None = None, force: bool = False) -> dict:
+    sources = cfg.rewards or ([RewardSource(kind="rm", path=rm_path, name="rm")] if rm_path else [])
+    if not sources:
+        raise ConfigError("bon needs a reward: pass --rm PATH or rewards=[...]")
+    inputs = {"policy": policy_path, "prompts": prompts_path, **{f"reward{i}": s.path for i, s in enumerate(sources)}}
+    fp = fingerprint("bon", cfg, inputs)
+    if is_done(out, fp) and not force:
+        return read_manifest(out)["metrics"]
+    pool = [p.prompt for p in read_records(prompts_path, "prompt") if p.split == cfg.prompt_split]
+    if not pool:
+        raise ConfigError(f"{prompts_path}: no prompts in split {cfg.prompt_split!r}")
+    reward = CompositeReward(sources)
+    current, history, start = policy_path, [], time.time()
+    work = out.with_name(f".{out.name}.rounds")
+    for r in range(1, cfg.rounds + 1):
+        prompts = random.Random(f"{cfg.seed}-{r}").sample(pool, min(cfg.n_prompts, len(pool)))
+        model, tok = load_policy(current)
+        ro = generate(model, tok, prompts, n=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                      seed=cfg.seed + r, show_progress=True)
+        scores = reward.score([p for p in prompts for _ in range(cfg.k)], ro.texts)[0].tolist()
+        best = [(p, t, s) for p, t, s in select_best(prompts, ro.texts, scores, cfg.k) if t.strip()]
+        demos_path = work / f"best-r{r}.jsonl"
+        write_jsonl(demos_path, [Demonstration(p, t) for p, t, _ in best])
+        round_out = work / f"policy-r{r}"
+        m = sft(cfg.sft, current, demos_path, round_out, log_dir, force=force)
+        history.append({"round": r, "mean_score_all": sum(scores) / len(scores),
+                        "mean_score_best": sum(s for *_, s in best) / max(len(best), 1), **m})
+        current = str(round_out)
+    metrics = {**history[-1], "rounds": cfg.rounds, "seconds": time.time() - start}
+    model, tok = load_policy(current)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_manifest(tmp, stage="bon", fingerprint=fp, config=cfg, seed=cfg.seed, metrics=metrics,
+                       history=history, inputs={k: str(v) for k, v in inputs.items()})
+    return metrics
