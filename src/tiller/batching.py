@@ -29,7 +29,7 @@ def join(prompt_ids: list[int], response_ids: list[int], max_len: int) -> tuple[
     """prompt+response cut to ``max_len`` (left-truncating the prompt first); returns (ids, prompt_len)."""
     response_ids = response_ids[:max_len]
     keep = max(0, max_len - len(response_ids))
-    prompt_ids = prompt_ids[len(prompt_ids) - keep :] if keep else []
+    prompt_ids = prompt_ids[max(0, len(prompt_ids) - keep) :] if keep else []
     return prompt_ids + response_ids, len(prompt_ids)
 
 

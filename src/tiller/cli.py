@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from tiller.chat import ChatFormatError
 from tiller.config import ConfigError, help_lines, load_config
 from tiller.data.cli import app as data_app
 from tiller.data.formats import DataError
@@ -47,7 +48,7 @@ def user_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, DataError, FileNotFoundError) as e:
+        except (ConfigError, DataError, ChatFormatError, FileNotFoundError) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
 
@@ -131,11 +132,12 @@ def pretrain_cmd(run: Run = "default", config: Config = None, force: Force = Fal
 def sft_cmd(run: Run = "default", config: Config = None, force: Force = False, overrides: Overrides = None,
             model: Annotated[str | None, typer.Option(help="base model folder or hub name (default: the run's base)")] = None,
             demos: Annotated[Path | None, typer.Option(help="demonstrations JSONL")] = None,
+            rm: Annotated[str | None, typer.Option(help="keep the epoch this reward model scores best (InstructGPT)")] = None,
             out: Annotated[Path | None, typer.Option(help="output folder (default runs/NAME/sft)")] = None) -> None:
     """Stage 1: supervised fine-tuning on demonstrations (loss on response tokens only)."""
     from tiller.stages.sft import SFTConfig, sft
 
-    cfg = load_config(SFTConfig, config, overrides or [])
+    cfg = load_config(SFTConfig, config, [*(overrides or []), *([f"select_by_rm={rm}"] if rm else [])])
     rd = run_dir(run)
     demos = require(demos or rd / "world/demos.jsonl", "demonstrations")
     metrics = sft(cfg, model or str(require(rd / "base", "base model")), demos, out or rd / "sft", rd / "logs", force)
@@ -209,7 +211,7 @@ def score_cmd(rm: Annotated[list[str], typer.Option(help="reward model folder (r
 
     rows = [json.loads(line) for line in require(input, "input").read_text().splitlines() if line.strip()]
     for i, r in enumerate(rows, 1):
-        if "prompt" not in r or ("response" not in r and "responses" not in r):
+        if "prompt" not in r or not (r.get("response") is not None or r.get("responses")):
             raise ConfigError(f"{input}:{i}: field 'prompt'/'response': each line needs a prompt and a response")
     scorers = {p: RewardScorer(p) for p in rm}
     for r in rows:

@@ -60,10 +60,36 @@ def label_rm(sets: list[SampleSet], rm_path: str) -> list[Ranking]:
     return out
 
 
+def label_app(cfg: LabelConfig, samples: Path, out: Path) -> list[Ranking]:
+    """People rank in ``tiller app``: import the samples as a batch (once), wait until every assignment is
+    done or skipped, then export the rankings."""
+    from tiller.feedback.db import init_db, make_engine, session_factory
+    from tiller.feedback.errors import NotFound
+    from tiller.feedback.records import parse_lines
+    from tiller.feedback.services.batches import get_batch, import_batch
+    from tiller.feedback.services.export import wait_and_export
+
+    name = cfg.batch or samples.stem
+    init_db(cfg.db)
+    engine = make_engine(cfg.db)
+    try:
+        with session_factory(engine)() as session:
+            try:
+                get_batch(session, name)
+            except NotFound:
+                items = parse_lines(samples.read_text(encoding="utf-8"), "rank", source=str(samples))
+                import_batch(session, name, "rank", cfg.overlap, items)
+                print(f"imported {samples} as batch {name!r}; waiting for labelers at `tiller app` ...", flush=True)
+    finally:
+        engine.dispose()
+    wait_and_export(cfg.db, name, out, timeout_s=cfg.timeout_s or None)
+    return read_records(out, "ranking", allow_empty=True)
+
+
 def label(cfg: LabelConfig, samples: Path, out: Path) -> dict:
     """Rank every sample set of ``samples`` into ``out`` (rankings JSONL)."""
     start = time.time()
-    sets = read_records(samples, "sample")
+    sets = read_records(samples, "sample", allow_empty=True)  # model samples may be empty answers
     if cfg.labeler == "world":
         if not cfg.world:
             raise ConfigError("labeler=world needs world=PATH (the folder `tiller world` wrote)")
@@ -73,11 +99,7 @@ def label(cfg: LabelConfig, samples: Path, out: Path) -> dict:
             raise ConfigError("labeler=rm needs rm=PATH")
         records = label_rm(sets, cfg.rm)
     else:
-        from tiller.feedback.cli import wait_and_export
-
-        batch = cfg.batch or samples.stem
-        wait_and_export(cfg.db, batch, out, timeout_s=cfg.timeout_s or None)
-        records = read_records(out, "ranking")
+        records = label_app(cfg, samples, out)
     if cfg.labeler != "app":
         write_jsonl(out, records)
     return {"rankings": len(records), "sets": len(sets), "seconds": time.time() - start}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tiller.config import field, to_dict
@@ -98,7 +98,8 @@ def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
             timer(f"label-r{r}", label, l_cfg, samples, ranked)
         rankings.append(ranked)
         rm_dir = rd / f"rm-r{r}"
-        m = timer(f"rm-r{r}", train_rm, cfg.rm, sft_dir, list(rankings), wd / "demos.jsonl", rm_dir, logs, force)
+        rm_cfg = replace(cfg.rm, allow_empty=True)  # rankings of model samples: an empty answer is data
+        m = timer(f"rm-r{r}", train_rm, rm_cfg, sft_dir, list(rankings), wd / "demos.jsonl", rm_dir, logs, force)
         rm_results[f"r{r}"] = {**m, "gold_accuracy": rm_gold_accuracy(world, rm_dir, rankings, cfg.rm)}
         ppo_cfg = cfg.ppo
         if r > 1 and cfg.later_round_iterations:
@@ -139,7 +140,7 @@ def rm_gold_accuracy(world, rm_dir: Path, rankings: list[Path], rm_cfg: RMConfig
     from tiller.scoring import RewardScorer
     from tiller.stages.reward import split_by_prompt
 
-    records = [x for p in rankings for x in read_records(p, "ranking")]
+    records = [x for p in rankings for x in read_records(p, "ranking", allow_empty=True)]
     _, held_out = split_by_prompt(records, rm_cfg.valid_fraction, rm_cfg.seed)
     scorer = RewardScorer(str(rm_dir))
     seen, right, total = set(), 0, 0

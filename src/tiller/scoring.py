@@ -12,24 +12,49 @@ import json
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from tiller.batching import batch, encode_prompt, encode_response, join
 from tiller.config import ConfigError, field
-from tiller.models import ScalarModel, load_tokenizer
+from tiller.models import REWARD_FILE, ScalarModel, load_tokenizer
+
+
+def score_sorted(model: ScalarModel, seqs: list[list[int]], pad_id: int, device, chunk: int = 16) -> torch.Tensor:
+    """Raw scores of many sequences, forwarded in length-sorted chunks so little compute goes to padding
+    (answers range from a few tokens to the max; measured 2.1x on the RM loop, bench/rm_variants.py). (N,)"""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    parts = [model(**{k: v.to(device) for k, v in batch([seqs[i] for i in order[c : c + chunk]], pad_id).items()})
+             for c in range(0, len(order), chunk)]
+    return torch.cat(parts)[torch.argsort(torch.tensor(order, device=device))]
 
 
 class RewardScorer:
     """A trained reward model; ``score`` returns normalised scores ``gain * (raw + bias)``."""
 
-    def __init__(self, path: str, device: str | None = None, batch_size: int = 64, max_len: int = 256):
-        self.path = path
-        self.tok = load_tokenizer(path)
-        self.model = ScalarModel.from_pretrained(path, self.tok).eval()
+    def __init__(self, path: str, device: str | None = None, batch_size: int = 64, max_len: int | None = None):
+        tok = load_tokenizer(path)
+        model = ScalarModel.from_pretrained(path, tok)
+        if max_len is None:  # score with the truncation the RM was trained (and its bias set) with
+            meta = Path(path) / REWARD_FILE
+            max_len = json.loads(meta.read_text()).get("max_len", 256) if meta.is_file() else 256
         if device:
-            self.model.to(device)
+            model.to(device)
+        self._init(model, tok, batch_size, max_len)
+        self.path = path
+
+    @classmethod
+    def from_model(cls, model: ScalarModel, tok, batch_size: int = 64, max_len: int = 256) -> RewardScorer:
+        """Score with a model already in memory (e.g. right after training it)."""
+        scorer = cls.__new__(cls)
+        scorer._init(model, tok, batch_size, max_len)
+        scorer.path = "<in memory>"
+        return scorer
+
+    def _init(self, model: ScalarModel, tok, batch_size: int, max_len: int) -> None:
+        self.model, self.tok = model.eval(), tok
         self.batch_size, self.max_len = batch_size, max_len
 
     def encode(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[list[int]]:
@@ -39,12 +64,10 @@ class RewardScorer:
     @torch.no_grad()
     def raw_scores(self, prompts: Sequence[Any], responses: Sequence[str]) -> torch.Tensor:
         seqs = self.encode(prompts, responses)
+        if not seqs:
+            return torch.zeros(0)
         device = next(self.model.parameters()).device
-        out = []
-        for i in range(0, len(seqs), self.batch_size):
-            b = {k: v.to(device) for k, v in batch(seqs[i : i + self.batch_size], self.tok.pad_token_id).items()}
-            out.append(self.model(**b).cpu())
-        return torch.cat(out) if out else torch.zeros(0)
+        return score_sorted(self.model, seqs, self.tok.pad_token_id, device, chunk=self.batch_size).cpu()
 
     def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
         return self.model.normalise(self.raw_scores(prompts, responses)).tolist()
@@ -103,23 +126,25 @@ def make_scorer(src: RewardSource, device: str | None = None):
     return HTTPScorer(src.path)
 
 
-def combine(parts: dict[str, torch.Tensor], sources: Sequence[RewardSource]) -> torch.Tensor:
-    """Pure combination of per-source scores (each (N,)) into one reward (N,)."""
-    names = list(parts)
+def combine(parts: dict[str, torch.Tensor], sources: Sequence[RewardSource],
+            names: Sequence[str] | None = None) -> torch.Tensor:
+    """Pure combination of per-source scores (``parts[name]``, each (N,)) into one reward (N,).
+
+    Sums and penalties add up; then each gate that fails replaces the reward by its own ``gate_reward``
+    (with several failing gates, the lowest one wins). ``names`` default to the sources' own names."""
+    names = list(names) if names is not None else [s.name for s in sources]
     total = torch.zeros_like(parts[names[0]])
-    gate = torch.zeros_like(total, dtype=torch.bool)
     for name, src in zip(names, sources, strict=True):
         s = parts[name]
         if src.role == "sum":
             total = total + src.weight * s
         elif src.role == "penalty":
             total = total + src.weight * torch.clamp(s - src.threshold, max=0.0)
-        else:
-            gate |= s < src.threshold
-    for src in sources:
+    gated = torch.full_like(total, float("inf"))
+    for name, src in zip(names, sources, strict=True):
         if src.role == "gate":
-            total = torch.where(gate, torch.full_like(total, src.gate_reward), total)
-    return total
+            gated = torch.where(parts[name] < src.threshold, torch.minimum(gated, torch.tensor(src.gate_reward)), gated)
+    return torch.where(torch.isinf(gated), total, gated)
 
 
 class CompositeReward:
@@ -135,4 +160,4 @@ class CompositeReward:
     def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         parts = {n: torch.tensor(sc.score(prompts, responses), dtype=torch.float32)
                  for n, sc in zip(self.names, self.scorers, strict=True)}
-        return combine(parts, self.sources), parts
+        return combine(parts, self.sources, self.names), parts

@@ -14,6 +14,7 @@ from tiller.data.io import read_records
 runner = CliRunner()
 HH_GOOD = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi\n\nAssistant: Go away."}
 HH_EMPTY = {"chosen": "\n\nHuman: Hi\n\nAssistant: ", "rejected": "\n\nHuman: Hi\n\nAssistant: No."}
+HH_BAD = {"chosen": "intro\n\nHuman: Hi\n\nAssistant: a", "rejected": "intro\n\nHuman: Hi\n\nAssistant: b"}
 
 
 def _jsonl(path: Path, rows: list) -> Path:
@@ -33,13 +34,31 @@ def test_import_then_validate(tmp_path):
     assert r.stdout.strip() == f"{out}: 2 rankings (K=2: 2); 2 implied pairs; 0 with ties; 0 labelers"
 
 
-def test_import_bad_line_exits_2_with_one_line(tmp_path):
+def test_import_keeps_empty_answers_with_a_one_line_note(tmp_path):
     src = _jsonl(tmp_path / "hh.jsonl", [HH_GOOD, HH_EMPTY])
+    out = tmp_path / "rankings.jsonl"
+    r = runner.invoke(app, ["import", "hh-rlhf", str(src), str(out)])
+    assert r.exit_code == 0, r.output
+    assert r.stderr.strip().splitlines() == [
+        "note: 1 of 2 rankings have an empty answer (kept; read them with allow_empty=true, "
+        "or validate with --allow-empty)"
+    ]
+    r = runner.invoke(app, ["validate", "rankings", str(out)])
+    assert r.exit_code == 2
+    assert r.stderr.strip() == (f"{out}:2: field 'responses[0]': empty response "
+                                "(allow_empty=True, or --allow-empty, accepts empty answers)")
+    r = runner.invoke(app, ["validate", "rankings", str(out), "--allow-empty"])
+    assert r.exit_code == 0
+    assert r.stdout.strip().startswith(f"{out}: 2 rankings")
+
+
+def test_import_bad_line_exits_2_with_one_line(tmp_path):
+    src = _jsonl(tmp_path / "hh.jsonl", [HH_GOOD, HH_BAD])
     out = tmp_path / "rankings.jsonl"
     r = runner.invoke(app, ["import", "hh-rlhf", str(src), str(out)])
     assert r.exit_code == 2
     assert r.stderr.strip().splitlines() == [
-        f"{src}:2: field 'chosen': empty final Assistant answer (--skip-bad skips bad lines)"
+        f"{src}:2: field 'chosen': text before the first '\\n\\nHuman:' turn (--skip-bad skips bad lines)"
     ]
     assert not out.exists()
     r = runner.invoke(app, ["import", "hh-rlhf", str(src), str(out), "--skip-bad"])

@@ -135,6 +135,26 @@ def test_prompt_record_text_prompt_becomes_messages():
         PromptRecord.from_json({"id": "1", "prompt": "Hi", "user_id": "u", "consent": "yes"})
 
 
+def test_empty_responses_refused_by_default_accepted_with_allow_empty(tmp_path):
+    hint = "(allow_empty=True, or --allow-empty, accepts empty answers)"
+    cases = [
+        ("ranking", {**GOOD, "responses": ["Red.", "", "Green."]}, "responses[1]"),
+        ("sample", {"id": "s", "prompt": "Hi", "responses": ["a", " "]}, "responses[1]"),
+        ("demonstration", {"prompt": "Hi", "response": ""}, "response"),
+        ("pair", {"prompt": "Hi", "chosen": "", "rejected": "No."}, "chosen"),
+    ]
+    for kind, row, field in cases:
+        path = _jsonl(tmp_path / f"{kind}.jsonl", [row])
+        with pytest.raises(DataError) as e:
+            read_records(path, kind)
+        assert str(e.value) == f"{path}:1: field '{field}': empty response {hint}"
+        assert len(read_records(path, kind, allow_empty=True)) == 1
+    # other checks are unchanged with allow_empty
+    path = _jsonl(tmp_path / "bad.jsonl", [{**GOOD, "responses": ["", "x"], "ranking": [[0]]}])
+    with pytest.raises(DataError, match="field 'ranking': index 1 is missing"):
+        read_records(path, "ranking", allow_empty=True)
+
+
 def test_other_formats_refuse_bad_fields():
     with pytest.raises(DataError, match="field 'response': empty response"):
         Demonstration.from_json({"prompt": "Hi", "response": ""})

@@ -11,11 +11,13 @@ import pytest
 from tiller.data.formats import DataError
 from tiller.data.importers import (
     ASSISTANT,
+    count_empty,
     import_hh_rlhf,
     import_pairs,
     import_summarize,
     parse_hh_dialogue,
 )
+from tiller.data.io import read_records, write_jsonl
 
 HH = Path("/work/shared/data/hh-rlhf-harmless-base-test.jsonl.gz")
 EMPTY_CHOSEN_LINES = [87, 517, 926, 1104]  # chosen ends with "\n\nAssistant: " and nothing after it
@@ -38,18 +40,33 @@ def hh():
 def test_hh_real_file_accounts_for_every_line(hh):
     rows, records = hh
     assert len(rows) == 2312
-    assert len(records) + len(records.problems) == 2312
-    assert len(records) == 2308
-    assert [p.line for p in records.problems] == EMPTY_CHOSEN_LINES
-    assert all(p.field == "chosen" and p.reason == "empty final Assistant answer" for p in records.problems)
+    assert len(records) == 2312 and records.problems == []
+    # an empty reply is a real preference in harmless data: kept, as the labeler saw it
+    empty = [r for r in records if not r.responses[0]]
+    assert [r.id for r in empty] == [f"hh-{n}" for n in EMPTY_CHOSEN_LINES]
+    assert all(r.responses[1].strip() and r.ranking == [[0], [1]] for r in empty)
+    assert count_empty(records) == 4
 
 
-def test_hh_strict_import_stops_at_first_bad_line():
+def test_hh_strict_import_keeps_empty_answers_and_says_so_in_one_line(caplog):
     if not HH.exists():
         pytest.skip("shared HH-RLHF file not present")
+    with caplog.at_level("WARNING", logger="tiller.data.importers"):
+        records = import_hh_rlhf(HH)
+    assert len(records) == 2312
+    notes = [r.getMessage() for r in caplog.records if r.name == "tiller.data.importers"]
+    assert notes == [f"{HH}: 4 of 2312 rankings have an empty answer (kept; read them back with allow_empty=True)"]
+
+
+def test_hh_empty_answers_read_back_only_with_allow_empty(hh, tmp_path):
+    _, records = hh
+    out = tmp_path / "hh.jsonl"
+    write_jsonl(out, records)
     with pytest.raises(DataError) as e:
-        import_hh_rlhf(HH)
-    assert str(e.value) == f"{HH}:87: field 'chosen': empty final Assistant answer"
+        read_records(out, "ranking")
+    assert str(e.value).startswith(f"{out}:87: field 'responses[0]': empty response (allow_empty=True")
+    back = read_records(out, "ranking", allow_empty=True)
+    assert len(back) == 2312 and back[86].responses[0] == ""
 
 
 def test_hh_prompts_are_the_shared_prefix(hh):
@@ -67,13 +84,13 @@ def test_hh_prompts_are_the_shared_prefix(hh):
     for n, row in enumerate(rows, 1):
         c, r = row["chosen"], row["rejected"]
         ci, ri = c.rfind(ASSISTANT), r.rfind(ASSISTANT)
-        if c[:ci] != r[:ri] or n in EMPTY_CHOSEN_LINES:
+        if c[:ci] != r[:ri]:
             continue
         rec = by_id[f"hh-{n}"]
         assert rec.prompt == parse_hh_dialogue(c[:ci]), n
         assert rec.responses == [c[ci + len(ASSISTANT):].strip(), r[ri + len(ASSISTANT):].strip()], n
         checked += 1
-    assert checked == 2303  # 5 lines where a model kept talking ("  Human: ..." inside its answer)
+    assert checked == 2307  # 5 lines where a model kept talking ("  Human: ..." inside its answer)
 
 
 def test_hh_line_where_the_model_kept_talking(hh):
@@ -175,3 +192,11 @@ def test_trl_pairs_bad_row(tmp_path):
     with pytest.raises(DataError) as e:
         import_pairs(path)
     assert str(e.value) == f"{path}:2: field 'rejected': missing"
+
+
+def test_trl_pairs_keep_empty_answers(tmp_path):
+    rows = [{"prompt": "Insult me.", "chosen": "", "rejected": "You fool."},
+            {"prompt": "Hi", "chosen": "Hello.", "rejected": "Go."}]
+    got = import_pairs(_jsonl(tmp_path / "pairs.jsonl", rows))
+    assert [r.responses for r in got] == [["", "You fool."], ["Hello.", "Go."]]
+    assert count_empty(got) == 1

@@ -188,6 +188,8 @@ def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Pat
     if force:
         ckpt.clear()
     state = ckpt.load() or {"iteration": 0, "curve": []}
+    if state.get("fingerprint", fp) != fp:  # a checkpoint of another config: start over
+        raise ConfigError(f"{ckpt.folder} holds a checkpoint of another config; rerun with --force to start over")
     tracker = Tracker(log_dir, f"ppo-{out.name}", cfg.report_to)
     k, n_seq = cfg.group_size, cfg.rollout_batch * cfg.group_size
     bar = progress(cfg.iterations, f"{cfg.algo} ({out.name})")
@@ -275,13 +277,13 @@ def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Pat
         if cfg.eval_every and (it + 1) % cfg.eval_every == 0 and it + 1 < cfg.iterations:
             evaluate_point(it + 1)
         if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
-            ckpt.save({"iteration": it + 1, "curve": curve})
+            ckpt.save({"iteration": it + 1, "curve": curve, "fingerprint": fp})
     bar.close()
     final = acc.unwrap_model(policy)
     if ema:
         ema.copy_to(final)
     evaluate_point(cfg.iterations)
-    result = {**{k_: v for k_, v in metrics.items()}, **{f"eval/{k_}": v for k_, v in curve[-1].items()},
+    result = {**metrics, **read_curve_only(curve),
               "time/total": time.time() - start, **{f"time/{k_}_total": v for k_, v in totals.items()},
               "episodes": cfg.iterations * n_seq} if cfg.iterations > state["iteration"] else read_curve_only(curve)
     tracker.close()

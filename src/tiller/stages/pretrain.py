@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +18,19 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
 
-from tiller.chat import END, SPECIAL_TOKENS
+from tiller.chat import SPECIAL_TOKENS
 from tiller.config import ConfigError, field
 from tiller.models import PAD
 from tiller.runs import atomic_dir, fingerprint, is_done, write_manifest
 from tiller.tracking import Tracker
-from tiller.training import Checkpointer, cosine_schedule, make_accelerator, make_optimizer, progress, set_seed
+from tiller.training import (
+    Checkpointer,
+    cosine_schedule,
+    make_accelerator,
+    make_optimizer,
+    progress,
+    set_seed,
+)
 
 EOT = "<|endoftext|>"
 
@@ -136,8 +144,9 @@ def pretrain(cfg: PretrainConfig, corpus_train: Path, corpus_valid: Path, out: P
         return json.loads((out / "tiller-manifest.json").read_text())["metrics"]
     set_seed(cfg.seed)
     train_docs, valid_docs = read_corpus(corpus_train), read_corpus(corpus_valid)
-    ckpt_dir = out.with_name(f".{out.name}.ckpt")
-    tok_dir = ckpt_dir.with_name(f".{out.name}.tokenizer")
+    # tied to the fingerprint: a changed config never resumes a stale checkpoint
+    ckpt_dir = out.with_name(f".{out.name}.ckpt-{fp}")
+    tok_dir = out.with_name(f".{out.name}.tokenizer-{fp}")
     if tok_dir.is_dir() and not force:  # resume: the tokenizer must be the one the checkpoint used
         tok = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
     else:
@@ -202,4 +211,5 @@ def pretrain(cfg: PretrainConfig, corpus_train: Path, corpus_valid: Path, out: P
         write_manifest(tmp, stage="pretrain", fingerprint=fp, config=cfg, seed=cfg.seed, metrics=metrics,
                        inputs={"train": str(corpus_train), "valid": str(corpus_valid)})
     ckpt.clear()
+    shutil.rmtree(tok_dir, ignore_errors=True)
     return metrics

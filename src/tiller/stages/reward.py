@@ -17,13 +17,14 @@ from pathlib import Path
 
 import torch
 
-from tiller.batching import batch, encode_prompt, encode_response, join
+from tiller.batching import encode_prompt, encode_response, join
 from tiller.chat import prompt_key
 from tiller.config import ConfigError, field
 from tiller.data import Ranking, read_records
 from tiller.losses import ranking_loss, ranks_from_groups
 from tiller.models import ScalarModel, load_tokenizer
 from tiller.runs import atomic_dir, fingerprint, is_done, read_manifest, write_manifest
+from tiller.scoring import RewardScorer, score_sorted
 from tiller.tracking import Tracker
 from tiller.training import cosine_schedule, make_accelerator, make_optimizer, progress, set_seed
 
@@ -38,6 +39,7 @@ class RMConfig:
     valid_fraction: float = field(0.15, help="share of PROMPTS held out (all labelers' rankings of one prompt together)")
     label_source: str = field("ranking", help="'ranking', or 'flags:F1,F2' to rank unflagged above flagged answers (a rule RM)")
     normalize_std: bool = field(False, help="also set a gain so ranked responses score with std 1")
+    allow_empty: bool = field(False, help="accept empty responses (model samples, HH-RLHF's empty replies)")
     seed: int = field(0, help="random seed")
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], help="trackers")
 
@@ -78,9 +80,7 @@ def encode_records(tok, records: list[Ranking], max_len: int) -> list[list[list[
 def forward_records(model: ScalarModel, seqs: list[list[list[int]]], records: list[Ranking], pad_id: int, device):
     """Scores (B, K_max), ranks (B, K_max), valid (B, K_max) for a batch of ranking records."""
     k_max = max(len(s) for s in seqs)
-    flat = [x for s in seqs for x in s]
-    b = {k: v.to(device) for k, v in batch(flat, pad_id).items()}
-    raw = model(**b)
+    raw = score_sorted(model, [x for s in seqs for x in s], pad_id, device)
     scores = torch.zeros(len(seqs), k_max, device=device)
     ranks = torch.zeros(len(seqs), k_max, dtype=torch.long, device=device)
     valid = torch.zeros(len(seqs), k_max, dtype=torch.bool, device=device)
@@ -101,7 +101,7 @@ def evaluate(model: ScalarModel, tok, records: list[Ranking], max_len: int, batc
     device = next(model.parameters()).device
     seqs = encode_records(tok, records, max_len)
     loss_sum, correct, pairs, n = 0.0, 0.0, 0, 0
-    probs, outcomes = [], []
+    probs = []
     for i in range(0, len(records), batch_size):
         scores, ranks, valid = forward_records(model, seqs[i : i + batch_size], records[i : i + batch_size],
                                                tok.pad_token_id, device)
@@ -112,7 +112,7 @@ def evaluate(model: ScalarModel, tok, records: list[Ranking], max_len: int, batc
         pairs += int(stats["n_pairs"])
         better = (ranks[:, :, None] < ranks[:, None, :]) & valid[:, :, None] & valid[:, None, :]
         diff = scores[:, :, None] - scores[:, None, :]
-        probs.append(torch.sigmoid(diff[better]).abs().cpu())  # P(labelled winner wins) under the RM
+        probs.append(torch.sigmoid(diff[better]).cpu())  # P(labelled winner wins) under the RM
     model.train()
     p = torch.cat(probs) if probs else torch.zeros(0)
     # calibration: bin by the RM's confidence max(p, 1-p); observed = how often the RM's pick was the label's
@@ -149,11 +149,7 @@ def labeler_agreement(records: list[Ranking]) -> float | None:
 
 def set_normalisation(model: ScalarModel, tok, demos: list, ranked: list[Ranking], max_len: int, std: bool) -> dict:
     """bias = -mean raw score of demonstrations; gain = 1/std of raw scores of ranked responses."""
-    from tiller.scoring import RewardScorer
-
-    scorer = RewardScorer.__new__(RewardScorer)  # reuse the in-memory model, no reload
-    scorer.tok, scorer.model, scorer.batch_size, scorer.max_len = tok, model, 64, max_len
-    model.eval()
+    scorer = RewardScorer.from_model(model, tok, max_len=max_len)
     if demos:
         raw = scorer.raw_scores([d.prompt for d in demos], [d.response for d in demos])
         model.bias = -float(raw.mean())
@@ -173,12 +169,14 @@ def train_rm(cfg: RMConfig, model_path: str, rankings: list[Path], demos_path: P
     if is_done(out, fp) and not force:
         return read_manifest(out)["metrics"]
     set_seed(cfg.seed)
-    records: list[Ranking] = [r for p in rankings for r in read_records(p, "ranking")]
+    records: list[Ranking] = [r for p in rankings for r in read_records(p, "ranking", allow_empty=cfg.allow_empty)]
     if cfg.label_source.startswith("flags:"):
         records = relabel_by_flags(records, set(cfg.label_source.split(":", 1)[1].split(",")))
     if not records:
         raise ConfigError(f"no usable rankings in {', '.join(map(str, rankings))}")
     train, valid = split_by_prompt(records, cfg.valid_fraction, cfg.seed)
+    if not train:
+        raise ConfigError(f"no rankings left to train on after holding out valid_fraction={cfg.valid_fraction}")
     tok = load_tokenizer(model_path)
     model = ScalarModel.from_pretrained(model_path, tok)
     acc = make_accelerator()
@@ -219,12 +217,12 @@ def train_rm(cfg: RMConfig, model_path: str, rankings: list[Path], demos_path: P
     agreement = labeler_agreement(records)
     if agreement is not None:
         metrics["data/labeler_agreement"] = agreement
-    demos = read_records(demos_path, "demonstration") if demos_path else []
+    demos = read_records(demos_path, "demonstration", allow_empty=cfg.allow_empty) if demos_path else []
     metrics.update(set_normalisation(model, tok, demos, train, cfg.max_len, cfg.normalize_std))
     tracker.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step)
     tracker.close()
     with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, extra={"max_len": cfg.max_len})
         tok.save_pretrained(tmp)
         write_manifest(tmp, stage="rm", fingerprint=fp, config=cfg, seed=cfg.seed, metrics=metrics,
                        inputs={k: str(v) for k, v in inputs.items()})

@@ -51,7 +51,7 @@ def sample(cfg: SampleConfig, policy: str, prompts_path: Path, out: Path, force:
                   max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed, show_progress=True)
     sets = []
     for i, r in enumerate(records):
-        responses = [t if t.strip() else "..." for t in ro.texts[i * cfg.k : (i + 1) * cfg.k]]
+        responses = ro.texts[i * cfg.k : (i + 1) * cfg.k]  # an empty answer is kept: it is what the model said
         if cfg.dedupe and len(set(responses)) == 1:
             continue
         sets.append(SampleSet(id=r.id, prompt=r.prompt, responses=responses, policy=str(policy),

@@ -37,12 +37,15 @@ class SFTConfig:
     valid_fraction: float = field(0.1, help="share of demonstrations held out for eval loss")
     select_by_rm: str = field("", help="reward model folder: keep the epoch whose validation answers it scores best")
     rm_eval_prompts: int = field(64, help="validation prompts answered (greedy) for RM selection")
+    allow_empty: bool = field(False, help="accept demonstrations with an empty response")
     seed: int = field(0, help="random seed")
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], help="trackers")
 
     def validate(self) -> None:
         if not 0 <= self.valid_fraction < 1:
             raise ConfigError("valid_fraction must be in [0, 1)")
+        if self.select_by_rm and self.valid_fraction == 0:
+            raise ConfigError("select_by_rm needs validation prompts: set valid_fraction > 0")
 
 
 def encode_demos(tok, demos: list[Demonstration], max_len: int) -> list[tuple[list[int], list[int]]]:
@@ -85,7 +88,7 @@ def sft(cfg: SFTConfig, model_path: str, demos_path: Path, out: Path, log_dir: P
     if is_done(out, fp) and not force:
         return read_manifest(out)["metrics"]
     set_seed(cfg.seed)
-    demos = read_records(demos_path, "demonstration")
+    demos = read_records(demos_path, "demonstration", allow_empty=cfg.allow_empty)
     random.Random(cfg.seed).shuffle(demos)
     n_valid = int(len(demos) * cfg.valid_fraction)
     valid, train = demos[:n_valid], demos[n_valid:]
@@ -135,16 +138,15 @@ def sft(cfg: SFTConfig, model_path: str, demos_path: Path, out: Path, log_dir: P
                                                           [d.prompt for d in valid[: cfg.rm_eval_prompts]])
         tracker.log(metrics, step)
         history.append(metrics)
-        if not cfg.select_by_rm or best is None or metrics["eval/rm_score"] > best[0]:
-            # without a reward model the last epoch is kept; with one, the best-scoring epoch
+        if cfg.select_by_rm and (best is None or metrics["eval/rm_score"] > best[0]):
             snapshot = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
-            best = (metrics.get("eval/rm_score", 0.0), snapshot, metrics)
+            best = (metrics["eval/rm_score"], snapshot, metrics)
     bar.close()
     tracker.close()
-    assert best is not None
     unwrapped = acc.unwrap_model(model)
-    unwrapped.load_state_dict(best[1])
-    result = {**best[2], "seconds": time.time() - start, "n_train": len(train), "n_valid": len(valid)}
+    if best is not None:  # InstructGPT: the epoch whose answers the RM scores best
+        unwrapped.load_state_dict(best[1])
+    result = {**(best[2] if best is not None else history[-1]), "seconds": time.time() - start, "n_train": len(train), "n_valid": len(valid)}
     with atomic_dir(out) as tmp:
         unwrapped.save_pretrained(tmp)
         tok.save_pretrained(tmp)

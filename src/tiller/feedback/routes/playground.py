@@ -54,8 +54,8 @@ def get_conversation(db: Db, user: CurrentUser, conversation_id: int) -> Convers
 @router.post("/api/chat/conversations/{conversation_id}/turn")
 def turn(request: Request, db: Db, user: CurrentUser, conversation_id: int, body: TurnCreate) -> StreamingResponse:
     """Store the user's message, then stream the answer token by token (``text/event-stream``)."""
-    prompt = chat.add_user_turn(db, user, conversation_id, body.content, body.consent)
     engine = chat_engine(request.app, chat.get_conversation(db, user, conversation_id).model)
+    prompt = chat.add_user_turn(db, user, conversation_id, body.content, body.consent)
     factory, user_id = request.app.state.sessions, user.id
 
     def events() -> Iterator[str]:
@@ -68,6 +68,7 @@ def turn(request: Request, db: Db, user: CurrentUser, conversation_id: int, body
                 yield sse({"delta": delta})
         except Exception as e:  # the stream has started: report in-band, the status is already 200
             yield sse({"detail": f"generation failed: {e}"}, event="error")
+            return  # no answer is stored; the user's turn is, and the chat can go on
         finally:  # also when the client goes away: frees the engine for the next request
             if generation is not None and hasattr(generation, "close"):
                 generation.close()
@@ -85,8 +86,8 @@ def turn(request: Request, db: Db, user: CurrentUser, conversation_id: int, body
 @router.post("/api/chat/conversations/{conversation_id}/compare", status_code=201)
 def compare(request: Request, db: Db, user: CurrentUser, conversation_id: int, body: TurnCreate) -> ComparisonPublic:
     """Two sampled answers to the user's message; the user then picks the better one (``choose``)."""
-    prompt = chat.add_user_turn(db, user, conversation_id, body.content, body.consent)
     engine = chat_engine(request.app, chat.get_conversation(db, user, conversation_id).model)
+    prompt = chat.add_user_turn(db, user, conversation_id, body.content, body.consent)
     seed = secrets.randbelow(2**31)
     # Two samples with different seeds (the engine serialises generation itself).
     answers = [

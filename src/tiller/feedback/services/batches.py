@@ -82,7 +82,9 @@ def get_batch(session: Session, name: str) -> Batch:
 def visible_assignment(session: Session, user: User, assignment_id: int, write: bool = False) -> Assignment:
     """The one permission check for assignments: a labeler sees only their own (others are 404, as if
     they did not exist); an admin sees all but labels only their own (403)."""
-    a = session.get(Assignment, assignment_id, options=[joinedload(Assignment.item).joinedload(Item.batch)])
+    a = session.get(
+        Assignment, assignment_id, options=[joinedload(Assignment.item).joinedload(Item.batch), joinedload(Assignment.user)]
+    )
     if a is None or (not user.is_admin and a.user_id != user.id):
         raise NotFound(f"no assignment {assignment_id}")
     if write and a.user_id != user.id:
@@ -106,6 +108,7 @@ def list_assignments(
 def next_assignment(session: Session, user: User, batch: str | None = None) -> Assignment | None:
     q = (
         select(Assignment)
+        .options(joinedload(Assignment.item).joinedload(Item.batch), joinedload(Assignment.user))
         .join(Assignment.item)
         .join(Item.batch)
         .where(Assignment.user_id == user.id, Assignment.status == "pending")

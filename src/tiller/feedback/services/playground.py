@@ -45,9 +45,9 @@ def add_user_turn(session: Session, user: User, conversation_id: int, content: s
     """Store the user's message and the prompt it makes (whole history + this turn); returns that prompt."""
     with writing(session):
         conv = get_conversation(session, user, conversation_id)
+        # An earlier turn whose answer never came (generation failed, the client left) stays in the
+        # history as is: two user turns in a row are a valid conversation, and the chat goes on.
         messages = history(conv)
-        if messages and messages[-1]["role"] == "user":
-            raise Conflict("the previous message has no answer yet")
         messages.append({"role": "user", "content": content})
         _append(session, conv, "user", content)
         session.add(ChatPrompt(conversation_id=conv.id, user_id=user.id, prompt=messages, consent=consent))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from ..db import writing
 from ..errors import Conflict, Invalid
@@ -44,7 +44,8 @@ def create_token(session: Session, user: User) -> str:
 
 
 def user_by_token(session: Session, token: str) -> User | None:
-    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
+    q = select(ApiToken).options(joinedload(ApiToken.user)).where(ApiToken.token_hash == hash_token(token))
+    row = session.scalar(q)
     return row.user if row is not None and row.user.active else None
 
 

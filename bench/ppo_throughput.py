@@ -1,0 +1,218 @@
+"""Online RL throughput: ``tiller ppo`` (algo ppo and rloo) vs TRL's RLOOTrainer, in episodes per second.
+
+    python bench/ppo_throughput.py                                 # 4 iterations of 8 prompts x 2, 32 tokens
+    python bench/ppo_throughput.py --iterations 2 --repeats 1      # quicker
+    python bench/ppo_throughput.py --model runs/default/sft        # a real policy instead of a fresh one
+
+trl 1.16 has no ``PPOTrainer`` (removed from ``trl`` and not in ``trl.experimental``); its online trainers
+with a learned reward model are ``RLOOTrainer`` and ``GRPOTrainer``. RLOO is the like-for-like comparison
+with tiller's ``algo=rloo``: no value model, k samples per prompt, leave-one-out baseline, clipped update,
+a reference model for the KL term. ``algo=ppo`` (GAE, a value model initialised from the RM) is timed too,
+as the stage's default.
+
+Every side: the same fresh ~1M-parameter GPT-2 as policy and reference, the same reward model (a
+ScalarModel folder trained for one short epoch by ``train_rm``; TRL loads the folder as a sequence
+classifier), the same prompts of the embedded world, ``--prompts`` prompts x ``--group`` samples per
+iteration, ``--new-tokens`` new tokens at temperature 1, minibatches of ``--minibatch``, ``--epochs``
+passes, KL coefficient 0.02, fp32 on CPU, one torch thread by default. An untimed one-iteration warm-up
+of each runs first; repeats alternate the sides. Episodes/s counts only the iterations: for tiller the
+sum of its ``time/{generation,scoring,training}_total``, for TRL ``train()`` from its first generation.
+CPU seconds (less sensitive to other load) run from the first rollout to the end of the last update on
+both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from common import Timer, table, tiny_base_model, tiny_world, world_rankings  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from rm_throughput import LoopClock, cpu_seconds  # noqa: E402
+
+from tiller.chat import render_prompt  # noqa: E402
+from tiller.data import write_jsonl  # noqa: E402
+from tiller.stages.reward import RMConfig, train_rm  # noqa: E402
+
+KL_COEF = 0.02
+
+
+def make_rm(model_dir: Path, world, work: Path) -> Path:
+    """A ScalarModel folder: one short epoch of the real RM stage on simulated K=4 rankings."""
+    write_jsonl(work / "rm-rankings.jsonl", world_rankings(world, 16, 4, seed=1))
+    cfg = RMConfig(batch_size=8, max_len=256, valid_fraction=0.0, report_to=["none"])
+    train_rm(cfg, str(model_dir), [work / "rm-rankings.jsonl"], None, work / "rm", work / "logs")
+    return work / "rm"
+
+
+def run_tiller(algo: str, a: argparse.Namespace, model_dir: Path, rm_dir: Path, prompts_file: Path, work: Path,
+               iterations: int, tag: str) -> dict:
+    """``iterations`` of the real stage; the clock is the stage's own per-phase totals (evaluation excluded)."""
+    from tiller.stages import ppo as ppo_stage
+    from tiller.stages.ppo import PPOConfig, train_ppo
+
+    cfg = PPOConfig(algo=algo, iterations=iterations, rollout_batch=a.prompts, group_size=a.group,
+                    minibatch_size=a.minibatch, ppo_epochs=a.epochs, max_new_tokens=a.new_tokens, kl_coef=KL_COEF,
+                    temperature=1.0, eval_every=0, eval_prompts=1, checkpoint_every=0, report_to=["none"], seed=0)
+    # CPU clock: from the first rollout (``generate`` called with ``n``; the evaluation before the loop calls
+    # it without) to the progress bar's close right after the loop
+    clock, real_generate, start_cpu = LoopClock(ppo_stage.progress), ppo_stage.generate, []
+
+    def generate(*args, **kwargs):
+        if "n" in kwargs and not start_cpu:
+            start_cpu.append(cpu_seconds())
+        return real_generate(*args, **kwargs)
+
+    ppo_stage.progress, ppo_stage.generate = clock, generate
+    try:
+        m = train_ppo(cfg, str(model_dir), str(model_dir), prompts_file, work / f"ppo-{tag}", work / "logs",
+                      rm_path=str(rm_dir), force=True)
+        cpu = clock.end_cpu - start_cpu[0]
+    finally:
+        ppo_stage.progress, ppo_stage.generate = clock.real, real_generate
+    parts = {k: m[f"time/{k}_total"] for k in ("generation", "scoring", "training")}
+    return {"seconds": sum(parts.values()), "cpu_s": cpu, **parts, "episodes": m["episodes"],
+            "response_length": m["policy/response_length"]}
+
+
+class _Clock:
+    """Wraps a bound method of ``obj`` so calls add to ``timer`` under ``name``."""
+
+    @staticmethod
+    def wrap(obj, method: str, timer: Timer, name: str) -> None:
+        inner = getattr(obj, method)
+
+        def timed(*args, **kwargs):
+            with timer(name):
+                return inner(*args, **kwargs)
+
+        setattr(obj, method, timed)
+
+
+def run_trl(a: argparse.Namespace, model_dir: Path, rm_dir: Path, prompts: list, work: Path, iterations: int,
+            tag: str) -> dict:
+    """``iterations`` generation batches of TRL's RLOOTrainer with the same sizes as tiller's."""
+    from transformers import TrainerCallback
+    from trl import RLOOConfig, RLOOTrainer
+
+    from tiller.models import load_policy
+
+    n_seq = a.prompts * a.group
+    steps_per_gen = n_seq // a.minibatch
+    policy, tok = load_policy(model_dir)
+    args = RLOOConfig(
+        output_dir=str(work / f"trl-{tag}"), per_device_train_batch_size=a.minibatch,
+        steps_per_generation=steps_per_gen, num_generations=a.group, num_iterations=a.epochs,
+        max_steps=iterations * steps_per_gen * a.epochs, max_completion_length=a.new_tokens, temperature=1.0,
+        top_p=1.0, top_k=0, beta=KL_COEF, learning_rate=1e-4, max_grad_norm=1.0, normalize_advantages=True,
+        gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=True,  # TRL defaults: True, True, -, -
+        dataloader_num_workers=0, report_to="none", save_strategy="no", eval_strategy="no", logging_steps=1,
+        disable_tqdm=True, seed=0,
+    )
+    # as many prompts as the run consumes, rendered as tiller renders them (TRL's plain-text format)
+    rows = [{"prompt": render_prompt(prompts[i % len(prompts)])} for i in range(iterations * a.prompts)]
+    trainer = RLOOTrainer(model=policy, reward_funcs=str(rm_dir), args=args, train_dataset=Dataset.from_list(rows),
+                          processing_class=tok)
+    timer, lengths = Timer(), []
+
+    class Lengths(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "completions/mean_length" in logs:
+                lengths.append(logs["completions/mean_length"])
+
+    trainer.add_callback(Lengths())
+    _Clock.wrap(trainer, "_generate", timer, "generation")
+    _Clock.wrap(trainer, "_calculate_rewards", timer, "scoring")
+    first: list[float] = []
+    orig = trainer._generate_and_score_completions
+
+    def mark(*args, **kwargs):
+        if not first:
+            first.extend([time.perf_counter(), cpu_seconds()])
+        return orig(*args, **kwargs)
+
+    trainer._generate_and_score_completions = mark
+    trainer.train()
+    end, cpu = time.perf_counter(), cpu_seconds() - first[1]
+    seconds = end - first[0]  # from the first generation: Trainer set-up before it is not per-episode work
+    gen, score = timer.total.get("generation", 0.0), timer.total.get("scoring", 0.0)
+    return {"seconds": seconds, "cpu_s": cpu, "generation": gen, "scoring": score, "training": seconds - gen - score,
+            "episodes": iterations * n_seq, "response_length": statistics.mean(lengths) if lengths else float("nan")}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--prompts", type=int, default=8, help="prompts per iteration (rollout batch)")
+    ap.add_argument("--group", type=int, default=2, help="samples per prompt (RLOO k)")
+    ap.add_argument("--minibatch", type=int, default=8, help="sequences per optimiser step")
+    ap.add_argument("--epochs", type=int, default=1, help="passes over each rollout batch (TRL num_iterations)")
+    ap.add_argument("--new-tokens", type=int, default=32, help="max new tokens per answer")
+    ap.add_argument("--iterations", type=int, default=4, help="timed rollout batches per run")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--algos", nargs="+", default=["rloo", "ppo"], help="tiller algos to time")
+    ap.add_argument("--model", type=Path, default=None, help="a causal LM folder (default: a fresh tiny GPT-2)")
+    ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if (a.prompts * a.group) % a.minibatch:
+        ap.error("--prompts * --group must be a multiple of --minibatch")
+
+    work = a.work or Path(tempfile.mkdtemp(prefix="tiller-bench-ppo-"))
+    world = tiny_world(work)
+    model_dir = a.model or tiny_base_model(work, work / "world")
+    rm_dir = make_rm(model_dir, world, work)
+    prompts_file = work / "world" / "prompts.jsonl"
+    prompts = [p["prompt"] for p in world.prompts if p["split"] == "train"]
+    print(f"policy {model_dir}, RM {rm_dir}, torch threads {torch.get_num_threads()}; per iteration "
+          f"{a.prompts} prompts x {a.group} = {a.prompts * a.group} episodes, {a.new_tokens} new tokens, "
+          f"minibatch {a.minibatch}, {a.epochs} epoch(s)", flush=True)
+
+    sides = [f"tiller {x}" for x in a.algos] + ["TRL rloo"]
+
+    def run(side: str, iterations: int, tag: str) -> dict:
+        if side == "TRL rloo":
+            return run_trl(a, model_dir, rm_dir, prompts, work, iterations, tag)
+        return run_tiller(side.split()[1], a, model_dir, rm_dir, prompts_file, work, iterations, tag)
+
+    for side in sides:  # warm-up, untimed
+        run(side, 1, f"warm-{side.replace(' ', '-')}")
+    results: dict[str, list[dict]] = {s: [] for s in sides}
+    for rep in range(a.repeats):
+        for side in sides:
+            r = run(side, a.iterations, f"{side.replace(' ', '-')}-{rep}")
+            results[side].append(r)
+            print(f"rep {rep} {side}: {r['episodes'] / r['seconds']:.2f} episodes/s ({r['seconds']:.1f}s, "
+                  f"{r['cpu_s']:.1f} CPU-s; gen "
+                  f"{r['generation']:.1f}s, score {r['scoring']:.1f}s, train {r['training']:.1f}s; mean response "
+                  f"{r['response_length']:.1f} tokens)", flush=True)
+
+    rows = []
+    trl_eps = max(r["episodes"] / r["seconds"] for r in results["TRL rloo"])
+    trl_cpu = max(r["episodes"] / r["cpu_s"] for r in results["TRL rloo"])
+    for side in sides:
+        rs = results[side]
+        eps = max(r["episodes"] / r["seconds"] for r in rs)
+        eps_cpu = max(r["episodes"] / r["cpu_s"] for r in rs)
+        secs = sum(r["seconds"] for r in rs)
+        share = {k: 100 * sum(r[k] for r in rs) / secs for k in ("generation", "scoring", "training")}
+        rows.append([side, round(eps, 2), f"{eps / trl_eps:.2f}x", round(eps_cpu, 2), f"{eps_cpu / trl_cpu:.2f}x",
+                     f"{share['generation']:.0f}%",
+                     f"{share['scoring']:.0f}%", f"{share['training']:.0f}%",
+                     round(statistics.mean(r["response_length"] for r in rs), 1)])
+    print(f"\nbest of {a.repeats} repeat(s) x {a.iterations} iterations x {a.prompts * a.group} episodes; "
+          f"torch threads {torch.get_num_threads()}; shares are of wall time over all repeats\n")
+    print(table(["trainer", "episodes/s (wall)", "vs TRL", "episodes/CPU-s", "vs TRL (CPU)", "generation", "scoring", "training (incl. ref/old logprobs)",
+                 "mean response tokens"], rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny embedded world and a tiny base model pretrained on it, built once per session.
+
+Sizes are chosen so the whole chain (world -> tokenizer -> 2-layer GPT-2) builds in seconds on two CPU
+cores; the stage tests start from ``tiny_base_dir`` instead of pretraining again.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["TILLER_QUIET"] = "1"  # no progress bars in test output
+
+TINY_WORLD = dict(n_train_prompts=140, n_valid_prompts=14, n_test_per_family=6, n_demos=100,
+                  corpus_chars=60_000, agreement_items=50)
+TINY_PRETRAIN = dict(max_tokens=40_000, batch_size=16, n_layer=2, n_embd=64, n_head=2, block_size=64,
+                     vocab_size=400, report_to=[])
+
+
+@pytest.fixture(scope="session")
+def tiny_world_dir(tmp_path_factory) -> Path:
+    from tiller.world import WorldConfig, build_world
+
+    out = tmp_path_factory.mktemp("tiny-run") / "world"
+    build_world(WorldConfig(**TINY_WORLD), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(tiny_world_dir) -> Path:
+    """``RUN/base``: a pretrained tiny model; its metrics are in ``RUN/logs/metrics.jsonl``."""
+    from tiller.stages.pretrain import PretrainConfig, pretrain
+
+    run = tiny_world_dir.parent
+    pretrain(PretrainConfig(**TINY_PRETRAIN), tiny_world_dir / "corpus-train.jsonl",
+             tiny_world_dir / "corpus-valid.jsonl", run / "base", run / "logs")
+    return run / "base"

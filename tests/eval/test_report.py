@@ -1,0 +1,158 @@
+import json
+
+import pytest
+
+from tiller.eval.report import (
+    elo_rows,
+    final_policy,
+    headline_metrics,
+    pick_samples,
+    report_cmd,
+    write_report,
+)
+
+PNGS = ["winrates.png", "family_scores.png", "overoptimisation.png", "training.png", "elo.png", "calibration.png"]
+
+
+def ev(score, refusal, halluc, loss, samples=()):
+    fam = {"arithmetic": {"score": score, "correct": 0.5},
+           "harmful": {"score": score - 0.5, "correct": 1 - refusal, "refusal_rate": refusal},
+           "facts": {"score": score - 0.2, "correct": 0.4, "hallucination_rate": halluc}}
+    return {"per_family": fam, "samples": list(samples),
+            "overall": {"score": score, "correct": 0.5, "refusal_rate": refusal, "hallucination_rate": halluc,
+                        "pretrain_loss": loss}}
+
+
+def wr(rate, lo, hi):
+    return {"arithmetic": {"rate": 0.6, "lo": 0.45, "hi": 0.75, "n": 40, "ties": 0.1},
+            "overall": {"rate": rate, "lo": lo, "hi": hi, "n": 120, "ties": 0.05}}
+
+
+SFT_SAMPLES = [{"family": "arithmetic", "prompt": "What is 2 + 2?", "response": "2 + 2 = 5.", "score": 1.0},
+               {"family": "facts", "prompt": [{"role": "user", "content": "Where was Mira born?"}],
+                "response": "In Kest & Lorn.", "score": 2.0}]
+FINAL_SAMPLES = [{"family": "arithmetic", "prompt": "What is 2 + 2?",
+                  "response": "<script>alert('x')</script> 2 + 2 = 4.", "score": 2.5},
+                 {"family": "facts", "prompt": [{"role": "user", "content": "Where was Mira born?"}],
+                  "response": "Mira was born in Kest.", "score": 2.5}]
+
+FULL = {
+    "run": "demo<1>", "created": "2025-01-01T00:00:00", "seconds_total": 1100.0,
+    "stage_seconds": {"pretrain": 300.0, "sft": 60.0, "rm-r1": 40.0, "ppo-r1": 500.0},
+    # named as tiller.pipeline names them: "final" is an alias of the last round's folder
+    "policies": {"base": "runs/demo/base", "sft": "runs/demo/sft", "ppo-ptx-r1": "runs/demo/policy-r1",
+                 "ppo-noptx-r1": "runs/demo/policy-noptx-r1", "ppo-ptx-r2": "runs/demo/policy-r2",
+                 "final": "runs/demo/policy-r2"},
+    "evals": {"base": ev(0.8, 0.1, 0.6, 2.10), "sft": ev(1.5, 0.4, 0.30, 2.20, SFT_SAMPLES),
+              "ppo-ptx-r1": ev(1.8, 0.75, 0.15, 2.25), "ppo-noptx-r1": ev(1.9, 0.7, 0.2, 2.60),
+              "ppo-ptx-r2": ev(2.0, 0.8, 0.125, 2.24, FINAL_SAMPLES), "final": ev(2.0, 0.8, 0.125, 2.24, FINAL_SAMPLES)},
+    "win_rates": {"final vs sft": wr(0.725, 0.64, 0.81), "final vs base": wr(0.9, 0.85, 0.95),
+                  "ppo vs ppo-ptx": wr(0.52, 0.43, 0.61)},
+    "elo": {"base": 1000.0, "sft": 1150.0, "ppo-ptx-r2": 1260.0},
+    "elo_intervals": {"base": [1000.0, 1000.0], "sft": [1100.0, 1200.0], "ppo-ptx-r2": [1200.0, 1320.0]},
+    "curves": {"ppo-ptx-r1": [{"iteration": i, "episodes": 64 * i, "kl": 0.5 * i, "rm_score": 0.3 * i,
+                           "gold_score": 1.5 + 0.2 * i - 0.03 * i * i} for i in range(8)],
+               "bon": [{"n": n, "kl": kl, "rm_score": 0.2 * kl, "gold_score": 1.5 + 0.1 * kl}
+                       for n, kl in ((1, 0.0), (2, 0.193), (4, 0.636), (8, 1.204), (16, 1.835))]},
+    "rm": {"r1": {"eval/accuracy": 0.74, "gold_accuracy": 0.8, "data/labeler_agreement": 0.75,
+                  "calibration": [{"bin": b, "n": 10 + b, "predicted": 0.1 + 0.2 * b, "observed": 0.15 + 0.18 * b}
+                                  for b in range(5)]},
+           "r2": {"eval/accuracy": 0.71, "gold_accuracy": 0.83, "data/labeler_agreement": 0.73}},
+    "training": {"ppo-policy-r1": [{"step": s, "objective/score": 0.1 * s, "objective/kl": 0.05 * s,
+                             "loss/policy": -0.01 * s, "policy/entropy": 2 - 0.1 * s} for s in range(10)]},
+}
+
+
+def test_full_report(tmp_path):
+    html_path = write_report(FULL, tmp_path)
+    assert html_path == tmp_path / "report.html"
+    html = html_path.read_text()
+    for png in PNGS:
+        assert (tmp_path / png).stat().st_size > 5000, png
+        assert f'src="{png}"' in html
+    # headline: win rates, refusal / hallucination vs SFT, alignment tax, Elo
+    assert "72.5%" in html and "[64.0%, 81.0%]" in html and "90.0%" in html
+    assert "12.5%" in html and "SFT 30.0%" in html and "SFT 40.0%" in html
+    # alignment tax: SFT / PPO without ptx / PPO-ptx of the same round
+    assert "2.200 / 2.600 / 2.250" in html and "PPO-ptx (ppo-ptx-r1)" in html
+    assert "1260" in html
+    # RM table and timings
+    assert "74.0%" in html and "75.0%" in html and "83.0%" in html and "1,100" in html
+    # text is escaped everywhere: the sample answer, the run name, an ampersand
+    assert "<script>" not in html and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
+    assert "demo&lt;1&gt;" in html and "Kest &amp; Lorn." in html
+    # the same prompt is shown with both answers in one row
+    row = html[html.index("What is 2 + 2?"):].split("</tr>")[0]
+    assert "2 + 2 = 5." in row and "2 + 2 = 4." in row
+
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["win_rate/final_vs_sft"] == 0.725 and metrics["win_rate/final_vs_base"] == 0.9
+    assert metrics["win_rate/final_vs_sft_lo"] == 0.64 and metrics["win_rate/ppo_vs_ppo-ptx"] == 0.52
+    assert metrics["refusal_rate/sft"] == 0.4 and metrics["refusal_rate/final"] == 0.8
+    assert metrics["hallucination_rate/final"] == 0.125 and metrics["pretrain_loss/ppo-noptx-r1"] == 2.6
+    assert metrics["elo/final"] == 1260.0 and metrics["rm/r1/labeler_agreement"] == 0.75
+    assert all(isinstance(v, float) for v in metrics.values())
+    # the "final" alias is not shown twice: one policy row and one bar per real policy
+    table = html[html.index("<h2>Policies</h2>"):html.index("<h3>Gold score per family")]
+    assert table.count("<tr><td>ppo-ptx-r2</td>") == 1 and "<tr><td>final</td>" not in table
+    assert "<th>ppo-ptx-r2</th>" in html and "<th>final</th>" not in html
+
+
+def test_sparse_report_degrades(tmp_path):
+    results = {"run": "tiny", "evals": {"sft": {"overall": {"score": 1.2, "refusal_rate": float("nan")}}},
+               "win_rates": {"final vs sft": {"overall": {"rate": 0.55}}}, "curves": {"bon": []},
+               "training": {"ppo-policy-r1": [{"step": 1}]}, "rm": {"r1": {"calibration": "oops"}}}
+    html = write_report(results, tmp_path).read_text()
+    assert "55.0%" in html and "<h2>Stage timings</h2>" not in html
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["winrates.png"]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics == {"win_rate/final_vs_sft": 0.55, "score/sft": 1.2}  # NaN left out, valid JSON
+
+    only_final = {"evals": {"ppo-r1": {"samples": [{"family": "style", "prompt": "Hi <b>", "response": "Hello."}]}}}
+    html = write_report(only_final, tmp_path / "only-final").read_text()
+    assert "<th>ppo-r1 (gold score)</th>" in html and "Hi &lt;b&gt;" in html and "SFT (gold" not in html
+
+    # intervals that do not contain the rating (another anchor) are dropped, not drawn with negative error bars
+    shifted = {"elo": {"a": 1000.0, "b": 900.0}, "elo_intervals": {"a": [1040.0, 1060.0], "b": [930.0, 990.0]}}
+    assert elo_rows(shifted) == [("a", 1000.0, None, None), ("b", 900.0, None, None)]
+    assert (write_report(shifted, tmp_path / "shifted").parent / "elo.png").is_file()
+
+    empty = tmp_path / "empty"
+    html = write_report({}, empty).read_text()
+    assert "No evaluation results." in html and json.loads((empty / "metrics.json").read_text()) == {}
+
+
+def test_final_policy_choice():
+    assert final_policy(FULL) == "ppo-ptx-r2"
+    assert final_policy({"policies": {"sft": "s", "final": "elsewhere"}, "evals": {"final": {}}}) == "final"
+    assert final_policy({"evals": {"sft": {}, "ppo-r10": {}, "ppo-r9": {}}}) == "ppo-r10"
+    assert final_policy({"evals": {"sft": {}, "ppo-noptx-r1": {}, "bon-r1": {}}}) == "bon-r1"
+    assert final_policy({"final": "mine", "evals": {"ppo-r1": {}}}) == "mine"
+    assert final_policy({}) is None
+    assert headline_metrics(FULL, "sft")["refusal_rate/final"] == 0.4
+
+
+def test_samples_round_robin_over_families():
+    base = [{"family": f, "prompt": f"{f}{i}"} for f in ("a", "b") for i in range(8)]
+    picked = pick_samples(base, base, k=5)
+    assert [a["prompt"] for a, _ in picked] == ["a0", "b0", "a1", "b1", "a2"]
+    assert all(b is a for a, b in picked)
+    assert [b for _, b in pick_samples(base, base[:1], k=2)] == [base[0], None]  # no answer from final
+
+
+def test_report_cmd(tmp_path, monkeypatch, capsys):
+    import typer
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(typer.Exit) as e:
+        report_cmd("nope")
+    assert e.value.exit_code == 2 and "runs/nope/report/results.json does not exist" in capsys.readouterr().err
+    folder = tmp_path / "runs" / "demo" / "report"
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text('{\n"run": "demo",\n}')
+    with pytest.raises(typer.Exit):
+        report_cmd("demo")
+    assert "results.json:3: not valid JSON" in capsys.readouterr().err
+    (folder / "results.json").write_text(json.dumps(FULL))
+    assert report_cmd("demo").resolve() == folder / "report.html"
+    assert (folder / "metrics.json").is_file() and (folder / "winrates.png").is_file()

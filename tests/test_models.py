@@ -1,0 +1,148 @@
+"""Model loading (chat tokens, a pad distinct from EOS) and the scalar-head model used for rewards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    GPT2Config,
+    PreTrainedTokenizerFast,
+)
+
+from tiller.batching import batch
+from tiller.chat import END, SPECIAL_TOKENS
+from tiller.models import PAD, REWARD_FILE, ScalarModel, load_policy, load_tokenizer, position_ids_from_mask
+
+DOCS = ["the cat sat on the mat", "what is two and three", "hello there my friend"] * 20
+
+
+def _tiny_gpt2(vocab: int, **kw) -> GPT2Config:
+    return GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=vocab, **kw)
+
+
+@pytest.fixture(scope="module")
+def plain_dir(tmp_path_factory):
+    """A GPT-2-style hub folder: byte-level BPE with only <|endoftext|>, pad == eos, no chat tokens."""
+    t = Tokenizer(models.BPE())
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    t.decoder = decoders.ByteLevel()
+    t.train_from_iterator(DOCS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                     initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                  pad_token="<|endoftext|>")
+    d = tmp_path_factory.mktemp("plain")
+    tok.save_pretrained(d)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(_tiny_gpt2(len(tok), eos_token_id=tok.eos_token_id)).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def chat_dir(tmp_path_factory):
+    """A tiny random GPT-2 with our own tokenizer (chat tokens and pad already in the vocabulary)."""
+    from tiller.stages.pretrain import train_tokenizer
+
+    tok = train_tokenizer(DOCS, 300)
+    d = tmp_path_factory.mktemp("chat")
+    tok.save_pretrained(d)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(_tiny_gpt2(len(tok), pad_token_id=tok.pad_token_id)).save_pretrained(d)
+    return d
+
+
+def _random_head(m: ScalarModel) -> ScalarModel:
+    torch.manual_seed(1)
+    torch.nn.init.normal_(m.hf.score.weight, std=1.0)
+    return m.eval()
+
+
+def test_position_ids_from_mask_hand_example():
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert position_ids_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 2, 2], [0, 1, 2, 3, 4]]
+
+
+def test_load_tokenizer_adds_chat_tokens_and_a_distinct_pad(plain_dir):
+    before = AutoTokenizer.from_pretrained(str(plain_dir))
+    assert before.pad_token == before.eos_token and END not in before.get_vocab()
+    tok = load_tokenizer(plain_dir)
+    assert len(tok) == len(before) + len(SPECIAL_TOKENS) + 1  # 4 chat markers + <|pad|>
+    assert tok.pad_token == PAD and tok.pad_token_id != tok.eos_token_id
+    for t in SPECIAL_TOKENS:
+        assert tok(t, add_special_tokens=False)["input_ids"] == [tok.convert_tokens_to_ids(t)]  # one token
+    assert tok.eos_token == "<|endoftext|>"  # the model's own EOS is kept
+
+
+def test_load_policy_resizes_embeddings(plain_dir):
+    model, tok = load_policy(plain_dir)
+    assert model.get_input_embeddings().weight.shape[0] == len(tok)
+    assert model.get_output_embeddings().weight.shape[0] == len(tok)
+    assert model.config.pad_token_id == tok.pad_token_id
+    eos = model.generation_config.eos_token_id
+    assert set(eos) == {tok.convert_tokens_to_ids(END), tok.eos_token_id}  # stops at <|end|> or EOS
+    ids = tok("<|user|>\nhi<|end|>", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    assert model(input_ids=ids).logits.shape == (1, ids.shape[1], len(tok))  # new ids are embeddable
+
+
+def test_load_tokenizer_keeps_our_own_tokens(chat_dir):
+    before = AutoTokenizer.from_pretrained(str(chat_dir))
+    tok = load_tokenizer(chat_dir)
+    assert len(tok) == len(before) and tok.pad_token == PAD
+
+
+def test_fresh_head_starts_at_zero(chat_dir):
+    m = ScalarModel.from_pretrained(chat_dir).eval()
+    b = batch([[5, 6, 7], [8]], pad_id=1)
+    assert m(**b).tolist() == [0.0, 0.0]
+
+
+def test_score_is_the_same_under_left_and_right_padding(chat_dir):
+    tok = load_tokenizer(chat_dir)
+    m = _random_head(ScalarModel.from_pretrained(chat_dir, tok))
+    long = tok("<|user|>\nthe cat sat on the mat<|end|>", add_special_tokens=False)["input_ids"]
+    short = tok("<|user|>\nhi<|end|>", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        alone = [float(m(torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long))) for s in (long, short)]
+        right = m(**batch([long, short], tok.pad_token_id, "right"))
+        left = m(**batch([long, short], tok.pad_token_id, "left"))
+        assert right.tolist() == pytest.approx(alone, abs=1e-5)
+        assert left.tolist() == pytest.approx(alone, abs=1e-5)
+        # the check can fail: without position ids, the left-padded short sequence is read at shifted positions
+        b = batch([long, short], tok.pad_token_id, "left")
+        h = m.hf.base_model(**b).last_hidden_state
+        naive = m.hf.score(h)[1, -1, 0]
+        assert abs(float(naive) - alone[1]) > 1e-4
+
+
+def test_scalar_model_save_load_round_trip(chat_dir, tmp_path):
+    tok = load_tokenizer(chat_dir)
+    m = _random_head(ScalarModel.from_pretrained(chat_dir, tok))
+    m.bias, m.gain = 0.75, 2.0
+    b = batch([[5, 6, 7], [8, 9]], tok.pad_token_id)
+    with torch.no_grad():
+        raw = m(**b)
+    m.save_pretrained(tmp_path / "rm", extra={"note": "x"})
+    tok.save_pretrained(tmp_path / "rm")
+    back = ScalarModel.from_pretrained(tmp_path / "rm").eval()
+    assert (back.bias, back.gain) == (0.75, 2.0)
+    with torch.no_grad():
+        assert torch.allclose(back(**b), raw, atol=1e-6)  # the trained head is loaded, not zeroed
+        assert torch.allclose(back.normalise(raw), 2.0 * (raw + 0.75))
+    # and it is a plain sequence-classification folder that other tools load
+    hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
+    assert hf.config.num_labels == 1 and (tmp_path / "rm" / REWARD_FILE).is_file()
+
+
+@pytest.mark.slow  # builds the session's tiny base model
+def test_pretrained_base_loads_with_plain_transformers(tiny_base_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_base_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_base_dir)
+    assert model.get_input_embeddings().weight.shape[0] == len(tok)
+    assert tok.pad_token == PAD and tok.pad_token_id != tok.eos_token_id
+    assert all(t in tok.get_vocab() for t in SPECIAL_TOKENS)
+    ids = tok("<|user|>\nHi<|end|>\n<|assistant|>\n", return_tensors="pt")["input_ids"]
+    out = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] <= ids.shape[1] + 3

@@ -1,0 +1,109 @@
+"""Run folders: fingerprints, the done/skip check, atomic output folders."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tiller.runs import (
+    MANIFEST,
+    atomic_dir,
+    clean_stale,
+    fingerprint,
+    fingerprint_path,
+    is_done,
+    read_manifest,
+    run_dir,
+    write_manifest,
+)
+
+
+@dataclass
+class C:
+    lr: float = 0.1
+    out: Path = Path("x")
+
+
+def test_run_dir_names_and_paths():
+    assert run_dir("exp1") == Path("runs/exp1")
+    assert run_dir("exp1", root="/r") == Path("/r/exp1")
+    assert run_dir("some/where") == Path("some/where")
+    assert run_dir("/abs") == Path("/abs")
+
+
+def test_fingerprint_follows_config_and_input_bytes(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text("a\n")
+    fp = fingerprint("sft", C(), {"data": data})
+    assert fingerprint("sft", C(), {"data": data}) == fp  # deterministic
+    assert fingerprint("sft", C(lr=0.2), {"data": data}) != fp  # config
+    assert fingerprint("rm", C(), {"data": data}) != fp  # stage
+    data.write_text("b\n")  # same size, other bytes
+    assert fingerprint("sft", C(), {"data": data}) != fp
+
+
+def test_fingerprint_of_a_stage_folder_is_its_manifest_fingerprint(tmp_path):
+    write_manifest(tmp_path / "stage", fingerprint="abc123")
+    assert fingerprint_path(tmp_path / "stage") == "abc123"
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "w.bin").write_bytes(b"12")
+    before = fingerprint_path(plain)
+    (plain / "w.bin").write_bytes(b"123")
+    assert fingerprint_path(plain) != before
+    assert fingerprint_path("org/hub-model") == "org/hub-model"
+
+
+def test_is_done_needs_same_fingerprint_and_done_status(tmp_path):
+    out = tmp_path / "out"
+    assert not is_done(out, "fp1")
+    m = write_manifest(out, stage="sft", fingerprint="fp1", config=C(out=Path("o")))
+    assert m["config"] == {"lr": 0.1, "out": "o"}  # stored as plain data
+    assert is_done(out, "fp1")
+    assert not is_done(out, "fp2")
+    write_manifest(out, fingerprint="fp1", status="running")
+    assert not is_done(out, "fp1")
+    assert read_manifest(out)["status"] == "running"
+    assert json.loads((out / MANIFEST).read_text())["tiller_version"]
+
+
+def test_atomic_dir_leaves_nothing_when_the_body_raises(tmp_path):
+    final = tmp_path / "model"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final) as tmp:
+            (tmp / "half.bin").write_text("x")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_keeps_the_old_folder_when_the_body_raises(tmp_path):
+    final = tmp_path / "model"
+    final.mkdir()
+    (final / "good.bin").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(final) as tmp:
+        (tmp / "half.bin").write_text("x")
+        raise RuntimeError("killed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert [p.name for p in final.iterdir()] == ["good.bin"]
+
+
+def test_atomic_dir_replaces_the_old_folder_on_success(tmp_path):
+    final = tmp_path / "model"
+    final.mkdir()
+    (final / "stale.bin").write_text("old")
+    with atomic_dir(final) as tmp:
+        assert tmp != final and not (tmp / "stale.bin").exists()
+        (tmp / "new.bin").write_text("new")
+    assert [p.name for p in final.iterdir()] == ["new.bin"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no .tmp-/.old- siblings
+
+
+def test_clean_stale_removes_only_temporaries(tmp_path):
+    (tmp_path / ".model.tmp-123").mkdir()
+    (tmp_path / ".f.json.tmp-9").write_text("x")
+    (tmp_path / "model").mkdir()
+    clean_stale(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]

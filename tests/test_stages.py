@@ -1,0 +1,164 @@
+"""The training stages on the tiny world: each one has to *learn* something, not just run.
+
+The base model comes from the session fixture ``tiny_base_dir`` (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import pytest
+
+from tiller.data import Ranking, read_records, write_jsonl
+from tiller.runs import MANIFEST, read_manifest
+from tiller.tracking import read_metrics
+
+pytestmark = pytest.mark.slow
+
+WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "rock", "fish", "bird", "milk"]
+
+
+def banana_rankings(n: int, k: int, seed: int) -> list[Ranking]:
+    """K short random answers per prompt; those containing 'banana' are tied first, the rest tied after."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        n_good = rng.randint(1, k - 1)
+        responses = []
+        for j in range(k):
+            words = rng.choices(WORDS, k=rng.randint(2, 4))
+            if j < n_good:
+                words.insert(rng.randint(0, len(words)), "banana")
+            responses.append(" ".join(words))
+        order = list(range(k))
+        rng.shuffle(order)
+        responses = [responses[o] for o in order]
+        good = [i for i, r in enumerate(responses) if "banana" in r]
+        bad = [i for i, r in enumerate(responses) if "banana" not in r]
+        out.append(Ranking(f"Say something, number {i}.", responses, [good, bad], labeler="rule", id=f"r{i}"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def banana_rm(tiny_base_dir, tiny_world_dir, tmp_path_factory):
+    from tiller.stages.reward import RMConfig, train_rm
+
+    work = tmp_path_factory.mktemp("rm")
+    write_jsonl(work / "rankings.jsonl", banana_rankings(300, 4, seed=0))
+    cfg = RMConfig(epochs=2, lr=2e-3, batch_size=16, max_len=64, valid_fraction=0.2, report_to=[])
+    metrics = train_rm(cfg, str(tiny_base_dir), [work / "rankings.jsonl"], tiny_world_dir / "demos.jsonl",
+                       work / "rm", work / "logs")
+    return work, metrics
+
+
+def test_pretraining_loss_falls(tiny_base_dir):
+    rows = [r for r in read_metrics(tiny_base_dir.parent / "logs", "pretrain") if "loss/train" in r]
+    first, last = rows[0]["loss/train"], rows[-1]["loss/train"]
+    assert last < first - 0.3, (first, last)
+    m = read_manifest(tiny_base_dir)
+    assert m["stage"] == "pretrain" and m["metrics"]["eval/perplexity"] < 400  # vocab 400: better than uniform
+
+
+def test_rm_learns_a_planted_rule(banana_rm):
+    _, metrics = banana_rm
+    assert metrics["eval/rankings"] == 60 and metrics["train/rankings"] == 240  # 20% of the prompts held out
+    assert metrics["eval/accuracy"] >= 0.95, metrics
+
+
+def test_rm_bias_centres_demonstrations(banana_rm, tiny_world_dir):
+    from tiller.scoring import RewardScorer
+
+    work, metrics = banana_rm
+    demos = read_records(tiny_world_dir / "demos.jsonl", "demonstration")
+    scorer = RewardScorer(str(work / "rm"))  # scores with the max_len it was trained with
+    raw = scorer.raw_scores([d.prompt for d in demos], [d.response for d in demos])
+    scores = scorer.score([d.prompt for d in demos], [d.response for d in demos])
+    assert abs(float(raw.mean())) > 1e-3  # the bias has something to correct...
+    assert abs(sum(scores) / len(scores)) < 1e-4  # ...and after it, demonstrations score mean 0
+    assert metrics["rm/bias"] == pytest.approx(-float(raw.mean()), abs=1e-5)
+    # the rule survives the shift: a banana answer outscores the same answer without it
+    p = "Say something, number 1."
+    with_b, without = scorer.score([p, p], ["red banana cat", "red cat"])
+    assert with_b > without
+
+
+def test_default_scorer_matches_training_truncation(banana_rm, tiny_world_dir):
+    from tiller.scoring import RewardScorer
+
+    work, _ = banana_rm
+    demos = read_records(tiny_world_dir / "demos.jsonl", "demonstration")
+    scores = RewardScorer(str(work / "rm")).score([d.prompt for d in demos], [d.response for d in demos])
+    assert abs(sum(scores) / len(scores)) < 1e-4
+
+
+def test_sft_lowers_response_loss_and_skips_when_done(tiny_base_dir, tiny_world_dir, tmp_path):
+    from tiller.models import load_policy
+    from tiller.stages.sft import SFTConfig, encode_demos, eval_loss, sft
+
+    cfg = SFTConfig(epochs=3, lr=2e-3, batch_size=16, max_len=96, valid_fraction=0.2, report_to=[])
+    demos_path, out = tiny_world_dir / "demos.jsonl", tmp_path / "sft"
+    metrics = sft(cfg, str(tiny_base_dir), demos_path, out, tmp_path / "logs")
+    # the same held-out demonstrations sft() used: shuffled with the seed, first 20% (see sft.sft)
+    demos = read_records(demos_path, "demonstration")
+    random.Random(cfg.seed).shuffle(demos)
+    valid = demos[: int(len(demos) * cfg.valid_fraction)]
+    base, tok = load_policy(tiny_base_dir)
+    base_loss = eval_loss(base, encode_demos(tok, valid, cfg.max_len), tok.pad_token_id, 16)
+    tuned, tok2 = load_policy(out)
+    tuned_loss = eval_loss(tuned, encode_demos(tok2, valid, cfg.max_len), tok2.pad_token_id, 16)
+    assert tuned_loss == pytest.approx(metrics["loss/eval"], rel=1e-4)
+    assert tuned_loss < base_loss - 0.2, (base_loss, tuned_loss)  # 4.60 -> 4.24 when written
+
+    # rerun with the same config: skipped, quickly, the folder untouched
+    manifest, inode = (out / MANIFEST).read_text(), out.stat().st_ino
+    t = time.time()
+    assert sft(cfg, str(tiny_base_dir), demos_path, out, tmp_path / "logs") == metrics
+    assert time.time() - t < 5
+    assert (out / MANIFEST).read_text() == manifest and out.stat().st_ino == inode
+    # force redoes it (a new folder replaces the old one)
+    sft(cfg, str(tiny_base_dir), demos_path, out, tmp_path / "logs", force=True)
+    assert out.stat().st_ino != inode
+    assert json.loads((out / MANIFEST).read_text())["fingerprint"] == json.loads(manifest)["fingerprint"]
+
+
+def test_pretrain_rerun_is_skipped(tiny_base_dir, tiny_world_dir):
+    from tiller.config import from_dict
+    from tiller.stages.pretrain import PretrainConfig, pretrain
+
+    manifest, inode = (tiny_base_dir / MANIFEST).read_text(), tiny_base_dir.stat().st_ino
+    cfg = from_dict(PretrainConfig, json.loads(manifest)["config"])  # the config the manifest recorded
+    t = time.time()
+    metrics = pretrain(cfg, tiny_world_dir / "corpus-train.jsonl",
+                       tiny_world_dir / "corpus-valid.jsonl", tiny_base_dir, tiny_base_dir.parent / "logs")
+    assert time.time() - t < 5
+    assert metrics == json.loads(manifest)["metrics"]
+    assert (tiny_base_dir / MANIFEST).read_text() == manifest and tiny_base_dir.stat().st_ino == inode
+
+
+def test_sample_then_label_with_world_labelers(tiny_base_dir, tiny_world_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from tiller.cli import app
+
+    runner = CliRunner()
+    samples, rankings = tmp_path / "samples.jsonl", tmp_path / "rankings.jsonl"
+    r = runner.invoke(app, ["sample", "--run", str(tmp_path / "run"), "--policy", str(tiny_base_dir),
+                            "--prompts", str(tiny_world_dir / "prompts.jsonl"), "--out", str(samples),
+                            "k=3", "n_prompts=4", "max_new_tokens=8", "batch_size=16"])
+    assert r.exit_code == 0, r.output
+    sets = read_records(samples, "sample")
+    assert len(sets) == 4 and all(len(s.responses) == 3 for s in sets)
+    assert len({s.id for s in sets}) == 4
+    prompts = {p.id: p for p in read_records(tiny_world_dir / "prompts.jsonl", "prompt")}
+    assert all(prompts[s.id].split == "train" and prompts[s.id].prompt == s.prompt for s in sets)
+
+    r = runner.invoke(app, ["label", "--run", str(tmp_path / "run"), "--labeler", "world", "--samples", str(samples),
+                            "--out", str(rankings), "overlap=2", f"world={tiny_world_dir}"])
+    assert r.exit_code == 0, r.output
+    records = read_records(rankings, "ranking")
+    assert len(records) == 8
+    for s in sets:
+        mine = [x for x in records if x.id == s.id]
+        assert len(mine) == 2 and mine[0].labeler != mine[1].labeler
+        assert all(x.responses == s.responses for x in mine)
