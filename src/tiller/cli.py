@@ -48,7 +48,7 @@ def user_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, DataError, ChatFormatError, FileNotFoundError) as e:
+        except (ConfigError, DataError, ChatFormatError, FileNotFoundError, TimeoutError) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
 

@@ -22,11 +22,14 @@ class LabelConfig:
     batch: str = field("", help="batch name in the web app (labeler=app; default: the samples file's name)")
     rm: str = field("", help="reward model folder (labeler=rm)")
     timeout_s: float = field(0.0, help="labeler=app: give up after this long (0: wait forever)")
+    poll_s: float = field(5.0, help="labeler=app: seconds between checks of the database")
     seed: int = field(0, help="random seed (which labelers, their noise)")
 
     def validate(self) -> None:
         if self.overlap < 1:
             raise ConfigError("overlap must be >= 1")
+        if self.timeout_s < 0 or self.poll_s <= 0:
+            raise ConfigError("timeout_s must be >= 0 and poll_s > 0")
 
 
 def label_world(sets: list[SampleSet], world_dir: str, overlap: int, seed: int) -> list[Ranking]:
@@ -64,8 +67,8 @@ def label_app(cfg: LabelConfig, samples: Path, out: Path) -> list[Ranking]:
     """People rank in ``tiller app``: import the samples as a batch (once), wait until every assignment is
     done or skipped, then export the rankings."""
     from tiller.feedback.db import init_db, make_engine, session_factory
-    from tiller.feedback.errors import NotFound
-    from tiller.feedback.records import parse_lines
+    from tiller.feedback.errors import NotFound, ServiceError
+    from tiller.feedback.records import RecordError, parse_lines
     from tiller.feedback.services.batches import get_batch, import_batch
     from tiller.feedback.services.export import wait_and_export
 
@@ -75,14 +78,21 @@ def label_app(cfg: LabelConfig, samples: Path, out: Path) -> list[Ranking]:
     try:
         with session_factory(engine)() as session:
             try:
-                get_batch(session, name)
+                batch = get_batch(session, name)
+                if batch.kind != "rank":
+                    raise ConfigError(f"batch {name!r} in {cfg.db} is a {batch.kind} batch, not a ranking one")
             except NotFound:
-                items = parse_lines(samples.read_text(encoding="utf-8"), "rank", source=str(samples))
-                import_batch(session, name, "rank", cfg.overlap, items)
+                # The app's own errors (no labelers yet, overlap above their number, a record it refuses)
+                # become one-line config errors, which `tiller label` reports without a traceback.
+                try:
+                    items = parse_lines(samples.read_text(encoding="utf-8"), "rank", source=str(samples))
+                    import_batch(session, name, "rank", cfg.overlap, items)
+                except (ServiceError, RecordError) as e:
+                    raise ConfigError(f"cannot import {samples} as batch {name!r}: {e}") from None
                 print(f"imported {samples} as batch {name!r}; waiting for labelers at `tiller app` ...", flush=True)
     finally:
         engine.dispose()
-    wait_and_export(cfg.db, name, out, timeout_s=cfg.timeout_s or None)
+    wait_and_export(cfg.db, name, out, poll_s=cfg.poll_s, timeout_s=cfg.timeout_s or None)
     return read_records(out, "ranking", allow_empty=True)
 
 

@@ -52,7 +52,13 @@ class RunConfig:
     eval: EvalSettings = field(default_factory=EvalSettings, help="evaluation")
 
 
+KEY_METRICS = ("eval/perplexity", "loss/eval", "sets", "rankings", "eval/accuracy", "data/labeler_agreement",
+               "objective/score", "objective/kl", "eval/rm_score", "eval/gold_score", "mean_score_best", "seconds")
+
+
 class Timer:
+    """Runs a stage, prints its name, time and key metrics, and remembers how long it took."""
+
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
@@ -61,6 +67,9 @@ class Timer:
         print(f"== {name}", flush=True)
         out = fn(*args, **kwargs)
         self.seconds[name] = time.time() - t
+        if isinstance(out, dict):
+            shown = ", ".join(f"{k} {out[k]:.4g}" for k in KEY_METRICS if isinstance(out.get(k), (int, float)))
+            print(f"   {self.seconds[name]:.0f}s  {shown}", flush=True)
         return out
 
 

@@ -244,14 +244,15 @@ def test_demonstration_batch(app: Any, login: Any, tmp_path: Path, db_url: str) 
         who = s.get(User, a.user_id).name
     c = login(app, who)
     assert "Write the answer you would want" in c.get(f"/assignments/{a.id}").text
-    form = {"response": "Old pond, a frog.", "idempotency_key": str(uuid.uuid4()), "csrf_token": c.csrf}
+    # a browser sends a textarea's line breaks as CRLF; the stored answer has plain newlines
+    form = {"response": "Old pond,\r\na frog.", "idempotency_key": str(uuid.uuid4()), "csrf_token": c.csrf}
     assert c.post(f"/assignments/{a.id}", data=form, follow_redirects=False).status_code == 303
     assert export_batch(db_url, "demos", tmp_path / "d.jsonl") == 1
     rec = json.loads((tmp_path / "d.jsonl").read_text())
-    assert rec == {"prompt": [{"role": "user", "content": "Write a haiku."}], "response": "Old pond, a frog.",
+    assert rec == {"prompt": [{"role": "user", "content": "Write a haiku."}], "response": "Old pond,\na frog.",
                    "labeler": who, "id": "d1"}
     formats = pytest.importorskip("tiller.data.formats")  # what `tiller sft` reads
-    assert formats.Demonstration.from_json(rec).response == "Old pond, a frog."
+    assert formats.Demonstration.from_json(rec).response == "Old pond,\na frog."
 
 
 def test_model_text_is_escaped_in_the_page(app: Any, login: Any) -> None:

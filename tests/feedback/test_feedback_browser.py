@@ -1,10 +1,14 @@
 """Real browser tests: Playwright driving Debian's Chromium against the app served by uvicorn on 127.0.0.1.
 
-Run ``.ci/chromium.sh`` first. Screenshots land in docs/screenshots/ (used by the README)."""
+Run ``.ci/chromium.sh`` first. Screenshots are saved to each test's tmp_path; set
+``TILLER_UPDATE_SCREENSHOTS=1`` to also copy them to docs/screenshots/ (used by the README), so an ordinary
+test run never rewrites tracked files."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
 import threading
 import time
@@ -16,7 +20,7 @@ import pytest
 from sqlalchemy import select
 
 from tiller.feedback.app import create_app
-from tiller.feedback.models import ChatMessage, ChatPrompt, Label
+from tiller.feedback.models import Assignment, ChatMessage, ChatPrompt, Label
 from tiller.feedback.records import parse_lines
 from tiller.feedback.services.batches import import_batch
 from tiller.feedback.services.export import export_batch
@@ -74,6 +78,18 @@ def page() -> Iterator[Any]:
         browser.close()
 
 
+def screenshot(page: Any, tmp_path: Path, name: str) -> Path:
+    """Save a full-page PNG under tmp_path; copy it to docs/screenshots/ only with TILLER_UPDATE_SCREENSHOTS=1."""
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000, f"{name}: not a PNG screenshot"
+    if os.environ.get("TILLER_UPDATE_SCREENSHOTS") == "1":
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, SHOTS / name)
+    return path
+
+
 def log_in(page: Any, base: str, name: str) -> None:
     page.goto(f"{base}/login")
     page.fill('input[name="name"]', name)
@@ -120,8 +136,7 @@ def test_rank_four_answers_with_the_keyboard(served: tuple[str, Any, str], page:
     page.keyboard.press("Backspace")  # undo the 2 ...
     page.keyboard.press("2")  # ... and pick it again
     assert page.locator("#groups .group.tie .chip").all_inner_texts() == ["1", "4"]
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / "ranking.png"), full_page=True)
+    screenshot(page, tmp_path, "ranking.png")
     page.keyboard.press("Enter")
     page.wait_for_url(f"{base}/?done=1")
     assert page.evaluate("window.__pwned") is None
@@ -139,7 +154,33 @@ def test_rank_four_answers_with_the_keyboard(served: tuple[str, Any, str], page:
                         "flags": [[], ["hallucination"], [], []], "id": "capital-1"}
 
 
-def test_playground_two_streamed_turns(served: tuple[str, Any, str], page: Any) -> None:
+def test_write_a_demonstration(served: tuple[str, Any, str], page: Any, tmp_path: Path) -> None:
+    base, app, db_url = served
+    record = {"id": "haiku-1", "prompt": [{"role": "user", "content": f"Write a haiku about rain. {EVIL}"}]}
+    with app.state.sessions() as s:
+        import_batch(s, "haiku", "demo", 1, parse_lines(json.dumps(record), "demo"))
+    log_in(page, base, "ana")
+    page.click("text=Start")
+    page.wait_for_selector("#demo-form")
+    assert page.evaluate("window.__pwned") is None  # the prompt is shown as text
+    answer = "Soft rain on the roof —\nthe gutters hum <b>quietly</b>,\nthe street turns to glass."
+    page.fill('#demo-form textarea[name="response"]', answer)
+    page.wait_for_timeout(150)  # so the form's timer has something to report
+    page.keyboard.press("Control+Enter")  # the form's keyboard submit
+    page.wait_for_url(f"{base}/?done=1")
+
+    with app.state.sessions() as s:
+        (label,) = s.scalars(select(Label)).all()
+        (assignment,) = s.scalars(select(Assignment)).all()
+    assert label.response == answer and label.ranking is None
+    assert label.time_spent_s > 0 and assignment.status == "done"
+    out = tmp_path / "demos.jsonl"
+    assert export_batch(db_url, "haiku", out) == 1
+    assert json.loads(out.read_text()) == {"prompt": record["prompt"], "response": answer, "labeler": "ana",
+                                           "id": "haiku-1"}
+
+
+def test_playground_two_streamed_turns(served: tuple[str, Any, str], page: Any, tmp_path: Path) -> None:
     base, app, _ = served
     log_in(page, base, "ana")
     page.goto(f"{base}/playground")
@@ -156,7 +197,7 @@ def test_playground_two_streamed_turns(served: tuple[str, Any, str], page: Any) 
     assert len(answers) == 2 and all(a.strip() for a in answers)
     page.locator(".chat .msg.assistant .thumbs button").first.click()
     page.wait_for_selector(".thumbs button.on")
-    page.screenshot(path=str(SHOTS / "chat.png"), full_page=True)
+    screenshot(page, tmp_path, "chat.png")
 
     with app.state.sessions() as s:
         msgs = list(s.scalars(select(ChatMessage).order_by(ChatMessage.id)))

@@ -25,7 +25,6 @@ from tiller.runs import atomic_dir, fingerprint, is_done, write_manifest
 from tiller.tracking import Tracker
 from tiller.training import (
     Checkpointer,
-    cosine_schedule,
     make_accelerator,
     make_optimizer,
     progress,
@@ -48,7 +47,8 @@ class PretrainConfig:
     lr: float = field(3e-3, help="peak learning rate (cosine schedule with warmup)")
     weight_decay: float = field(0.1, help="AdamW weight decay on matrices")
     max_tokens: int = field(3_000_000, help="training tokens (steps = max_tokens / (batch_size*block_size))")
-    max_minutes: float = field(0.0, help="stop early after this many minutes (0: no limit)")
+    max_minutes: float = field(0.0, help="time budget: the learning rate anneals by whichever of steps or time "
+                               "runs out first, and training stops at the budget (0: no limit)")
     eval_batches: int = field(20, help="validation batches for perplexity")
     checkpoint_every: int = field(200, help="steps between resumable checkpoints")
     seed: int = field(0, help="random seed")
@@ -160,7 +160,21 @@ def pretrain(cfg: PretrainConfig, corpus_train: Path, corpus_valid: Path, out: P
     steps = max(1, cfg.max_tokens // (cfg.batch_size * cfg.block_size))
     acc = make_accelerator()
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    sched = cosine_schedule(opt, steps)
+    start = time.time()
+    budget = cfg.max_minutes * 60
+
+    def lr_factor(step: int) -> float:
+        """Warmup, then cosine over progress = the further of steps done and time used (a slow machine still
+        ends annealed instead of being cut off at a high learning rate)."""
+        warm = max(1, int(0.05 * steps))
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, steps - warm)
+        if budget:
+            progress = max(progress, (time.time() - start) / budget)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     model, opt, sched = acc.prepare(model, opt, sched)
     ckpt = Checkpointer(ckpt_dir, acc)
     if force:
@@ -172,7 +186,7 @@ def pretrain(cfg: PretrainConfig, corpus_train: Path, corpus_valid: Path, out: P
     tracker = Tracker(log_dir, "pretrain", cfg.report_to)
     bar = progress(steps, f"pretrain ({n_params / 1e6:.2f}M params)")
     bar.update(state["step"])
-    start, tokens_seen = time.time(), 0
+    tokens_seen = 0
     model.train()
     step = state["step"]
     while step < steps:
@@ -196,7 +210,7 @@ def pretrain(cfg: PretrainConfig, corpus_train: Path, corpus_valid: Path, out: P
             tracker.log({"loss/train": loss.item(), "charts/tokens_per_s": tps, "charts/lr": sched.get_last_lr()[0]}, step)
         if step % cfg.checkpoint_every == 0 and step < steps:
             ckpt.save({"step": step})
-        if cfg.max_minutes and (time.time() - start) > cfg.max_minutes * 60:
+        if budget and (time.time() - start) > budget:
             break
     bar.close()
     model = acc.unwrap_model(model)

@@ -112,7 +112,11 @@ def make_prompts(cfg: WorldConfig, ents: Entities) -> tuple[list[dict[str, Any]]
 def make_demos(cfg: WorldConfig, prompts: list[dict[str, Any]], judge: GoldJudge) -> list[dict[str, Any]]:
     rng = _rng(cfg, "demos")
     train = [p for p in prompts if p["split"] == "train"]
-    chosen = sorted(rng.sample(range(len(train)), min(cfg.n_demos, len(train))))
+    # weighted sampling without replacement (Efraimidis & Spirakis 2006): key u^(1/w), keep the largest
+    weights = [cfg.demo_family_weights.get(p["family"], 1.0) for p in train]
+    keys = [rng.random() ** (1.0 / w) if w > 0 else -1.0 for w in weights]
+    ranked = sorted(range(len(train)), key=lambda i: keys[i], reverse=True)
+    chosen = sorted(i for i in ranked[: min(cfg.n_demos, len(train))] if keys[i] >= 0)
     demos = []
     for i in chosen:
         p = train[i]

@@ -33,6 +33,11 @@ class WorldConfig:
     # -- demonstrations (InstructGPT sec. 3.3: labeler-written demonstrations for SFT)
     n_demos: int = field(800, help="Train prompts that get a written demonstration.")
     n_demo_writers: int = field(8, help="Simulated demo writers (the same people as the labelers).")
+    demo_family_weights: dict[str, float] = field(
+        default_factory=lambda: {"harmful": 0.25, "facts": 0.5},
+        help="Relative chance that a prompt of a family gets a demonstration (others 1.0). Fewer demos of "
+             "refusals and of 'I don't know' leave SFT imperfect there, as InstructGPT's SFT was: its "
+             "demonstrations were mostly helpfulness tasks and the comparisons taught the rest.")
     demo_variation: float = field(0.3, help="Share of demos with a habit the judge mildly dislikes (filler, wordy).")
     demo_mistake: float = field(0.03, help="Share of demos with a small mistake (a wrong number or fact).")
     # -- pretraining corpus
@@ -58,6 +63,9 @@ class WorldConfig:
         for name in ("fake_fraction", "demo_variation", "demo_mistake", "flag_noise"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"field {name!r} must be in [0, 1]")
+        for fam, w in self.demo_family_weights.items():
+            if fam not in FAMILIES or w < 0:
+                raise ConfigError(f"field 'demo_family_weights': {fam!r} must be a family with a weight >= 0")
         if self.n_demos > self.n_train_prompts:
             raise ConfigError("field 'n_demos' cannot exceed 'n_train_prompts'")
         for name in ("labeler_temperature", "labeler_bias", "labeler_tie", "corpus_valid_frac"):

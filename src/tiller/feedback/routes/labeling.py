@@ -60,7 +60,10 @@ def _parse_form(form: FormData, kind: str, k: int) -> RankingCreate | Demonstrat
     except ValueError:
         time_spent = 0.0
     if kind == "demo":
-        return DemonstrationCreate(response=str(form.get("response") or ""), time_spent_s=time_spent)
+        # Browsers submit a textarea's line breaks as CRLF (HTML spec, form submission); training data
+        # uses plain newlines, as the JSON API does.
+        response = str(form.get("response") or "").replace("\r\n", "\n")
+        return DemonstrationCreate(response=response, time_spent_s=time_spent)
     try:
         likert = [int(str(form.get(f"likert_{i}"))) for i in range(k)]
     except ValueError:
