@@ -84,7 +84,7 @@ def test_load_policy_resizes_embeddings(plain_dir):
     eos = model.generation_config.eos_token_id
     assert set(eos) == {tok.convert_tokens_to_ids(END), tok.eos_token_id}  # stops at <|end|> or EOS
     ids = tok("<|user|>\nhi<|end|>", add_special_tokens=False, return_tensors="pt")["input_ids"]
-    assert model(input_ids=ids).logits.shape == (1, ids.shape[1], len(tok))  # new ids are embeddable
+    assert model(input_ids=ids.to(model.device)).logits.shape == (1, ids.shape[1], len(tok))  # new ids are embeddable
 
 
 def test_load_tokenizer_keeps_our_own_tokens(chat_dir):

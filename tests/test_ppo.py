@@ -54,11 +54,11 @@ def test_logprobs_under_left_padding_match_unpadded(tiny_base_dir):
     prompts = [tok("<|user|>\nHi<|end|>\n<|assistant|>\n")["input_ids"],
                tok("<|user|>\nWhat is 2 + 3 and why?<|end|>\n<|assistant|>\n")["input_ids"]]
     responses = [tok("hello there<|end|>")["input_ids"], tok("5.<|end|>")["input_ids"]]
-    b = build_sequences(prompts, responses, tok.pad_token_id)
+    b = build_sequences(prompts, responses, tok.pad_token_id).to(model.device)
     with torch.no_grad():
         batched, _ = policy_forward(model, b, temperature=0.7)
         for i in range(2):
-            one = build_sequences([prompts[i]], [responses[i]], tok.pad_token_id)
+            one = build_sequences([prompts[i]], [responses[i]], tok.pad_token_id).to(model.device)
             alone, _ = policy_forward(model, one, temperature=0.7)
             n = len(responses[i])
             assert torch.allclose(batched[i, :n], alone[0, :n], atol=1e-5)

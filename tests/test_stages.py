@@ -147,7 +147,7 @@ def test_sample_then_label_with_world_labelers(tiny_base_dir, tiny_world_dir, tm
                             "--prompts", str(tiny_world_dir / "prompts.jsonl"), "--out", str(samples),
                             "k=3", "n_prompts=4", "max_new_tokens=8", "batch_size=16"])
     assert r.exit_code == 0, r.output
-    sets = read_records(samples, "sample")
+    sets = read_records(samples, "sample", allow_empty=True)  # model answers may be empty
     assert len(sets) == 4 and all(len(s.responses) == 3 for s in sets)
     assert len({s.id for s in sets}) == 4
     prompts = {p.id: p for p in read_records(tiny_world_dir / "prompts.jsonl", "prompt")}
@@ -156,7 +156,7 @@ def test_sample_then_label_with_world_labelers(tiny_base_dir, tiny_world_dir, tm
     r = runner.invoke(app, ["label", "--run", str(tmp_path / "run"), "--labeler", "world", "--samples", str(samples),
                             "--out", str(rankings), "overlap=2", f"world={tiny_world_dir}"])
     assert r.exit_code == 0, r.output
-    records = read_records(rankings, "ranking")
+    records = read_records(rankings, "ranking", allow_empty=True)
     assert len(records) == 8
     for s in sets:
         mine = [x for x in records if x.id == s.id]

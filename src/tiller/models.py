@@ -57,17 +57,22 @@ def _fit_embeddings(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> Non
     model.config.pad_token_id = tok.pad_token_id
 
 
+def default_device() -> str:
+    """Where a model goes when nobody says: the GPU when there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_policy(
     name_or_path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A causal LM and its tokenizer from a local folder or a hub name, ready for the chat format."""
+    """A causal LM and its tokenizer from a local folder or a hub name, ready for the chat format.
+    ``device`` None means :func:`default_device`."""
     tok = load_tokenizer(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype)
     _fit_embeddings(model, tok)
     model.generation_config.eos_token_id = stop_token_ids(tok)
     model.generation_config.pad_token_id = tok.pad_token_id
-    if device is not None:
-        model.to(device)
+    model.to(device or default_device())
     return model, tok
 
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, replace
+from typing import Literal
 from pathlib import Path
 
 from tiller.config import field, to_dict
 from tiller.labelers import LabelConfig, label
-from tiller.runs import atomic_write_text, clean_stale
+from tiller.runs import atomic_write_text, clean_stale, fingerprint, is_done, write_manifest
 from tiller.stages.best_of_n import BoNConfig, best_of_n
 from tiller.stages.ppo import PPOConfig, train_ppo
 from tiller.stages.pretrain import PretrainConfig, pretrain
@@ -41,6 +42,9 @@ class RunConfig:
     base_model: str = field("", help="start from this HF model (folder or hub name) instead of pretraining one")
     arms: list[str] = field(default_factory=lambda: ["ppo-noptx", "bon"], help="comparison arms trained in round 1")
     later_round_iterations: int = field(0, help="RL iterations in rounds after the first (0: as round 1)")
+    later_rounds_from: Literal["sft", "previous"] = field(
+        "sft", help="where RL of rounds after the first starts: the SFT model (each round's policy is trained "
+                    "afresh against a better RM, as InstructGPT's PPO models were) or the previous round's policy")
     world: WorldConfig = field(default_factory=WorldConfig, help="the embedded world")
     pretrain: PretrainConfig = field(default_factory=PretrainConfig, help="stage 0")
     sft: SFTConfig = field(default_factory=SFTConfig, help="stage 1")
@@ -99,12 +103,14 @@ def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
     rm_results, rankings, policy = {}, [], sft_dir
     for r in range(1, cfg.rounds + 1):
         samples = data / f"samples-r{r}.jsonl"
-        s_cfg = SampleConfig(**{**cfg.sample.__dict__, "seed": cfg.sample.seed + r})
+        s_cfg = replace(cfg.sample, seed=cfg.sample.seed + r)
         timer(f"sample-r{r}", sample, s_cfg, policy, prompts, samples, force)
         ranked = data / f"rankings-r{r}.jsonl"
-        if force or not ranked.is_file() or ranked.stat().st_mtime < samples.stat().st_mtime:
-            l_cfg = LabelConfig(**{**cfg.label.__dict__, "world": cfg.label.world or str(wd), "seed": cfg.label.seed + r})
-            timer(f"label-r{r}", label, l_cfg, samples, ranked)
+        l_cfg = replace(cfg.label, world=cfg.label.world or str(wd), seed=cfg.label.seed + r)
+        l_fp = fingerprint("label", l_cfg, {"samples": samples, "world": wd / "manifest.json"})
+        if force or not ranked.is_file() or not is_done(ranked.with_suffix(".manifest"), l_fp):
+            m = timer(f"label-r{r}", label, l_cfg, samples, ranked)
+            write_manifest(ranked.with_suffix(".manifest"), stage="label", fingerprint=l_fp, config=l_cfg, metrics=m)
         rankings.append(ranked)
         rm_dir = rd / f"rm-r{r}"
         rm_cfg = replace(cfg.rm, allow_empty=True)  # rankings of model samples: an empty answer is data
@@ -112,13 +118,14 @@ def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
         rm_results[f"r{r}"] = {**m, "gold_accuracy": rm_gold_accuracy(world, rm_dir, rankings, cfg.rm)}
         ppo_cfg = cfg.ppo
         if r > 1 and cfg.later_round_iterations:
-            ppo_cfg = PPOConfig(**{**cfg.ppo.__dict__, "iterations": cfg.later_round_iterations})
+            ppo_cfg = replace(cfg.ppo, iterations=cfg.later_round_iterations)
         out = rd / f"policy-r{r}"
-        timer(f"ppo-r{r}", train_ppo, ppo_cfg, policy, sft_dir, prompts, out, logs, rm_path=str(rm_dir),
+        start_from = policy if (r == 1 or cfg.later_rounds_from == "previous") else sft_dir
+        timer(f"ppo-r{r}", train_ppo, ppo_cfg, start_from, sft_dir, prompts, out, logs, rm_path=str(rm_dir),
               ptx_corpus=wd / "corpus-train.jsonl", gold_fn=gold, force=force)
         policies[f"ppo-ptx-r{r}"] = str(out)
         if r == 1 and "ppo-noptx" in cfg.arms:
-            noptx = PPOConfig(**{**cfg.ppo.__dict__, "ptx_coef": 0.0})
+            noptx = replace(cfg.ppo, ptx_coef=0.0)
             timer("ppo-noptx-r1", train_ppo, noptx, sft_dir, sft_dir, prompts, rd / "policy-noptx-r1", logs,
                   rm_path=str(rm_dir), gold_fn=gold, force=force)
             policies["ppo-noptx-r1"] = str(rd / "policy-noptx-r1")

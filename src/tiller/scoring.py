@@ -19,7 +19,7 @@ import torch
 
 from tiller.batching import batch, encode_prompt, encode_response, join
 from tiller.config import ConfigError, field
-from tiller.models import REWARD_FILE, ScalarModel, load_tokenizer
+from tiller.models import REWARD_FILE, ScalarModel, default_device, load_tokenizer
 
 
 def score_sorted(model: ScalarModel, seqs: list[list[int]], pad_id: int, device, chunk: int = 16) -> torch.Tensor:
@@ -40,8 +40,7 @@ class RewardScorer:
         if max_len is None:  # score with the truncation the RM was trained (and its bias set) with
             meta = Path(path) / REWARD_FILE
             max_len = json.loads(meta.read_text()).get("max_len", 256) if meta.is_file() else 256
-        if device:
-            model.to(device)
+        model.to(device or default_device())
         self._init(model, tok, batch_size, max_len)
         self.path = path
 

@@ -53,6 +53,17 @@ def cosine_schedule(opt: torch.optim.Optimizer, total_steps: int, warmup_ratio: 
     return get_cosine_schedule_with_warmup(opt, max(1, int(total_steps * warmup_ratio)), max(1, total_steps))
 
 
+def optimizer_step(acc: Accelerator, model: torch.nn.Module, loss: torch.Tensor, opt: torch.optim.Optimizer,
+                   sched=None, max_grad_norm: float = 1.0) -> None:
+    """backward, clip, step, zero: the one update every supervised stage makes."""
+    acc.backward(loss)
+    acc.clip_grad_norm_(model.parameters(), max_grad_norm)
+    opt.step()
+    if sched is not None:
+        sched.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def progress(total: int, desc: str, disable: bool = False) -> tqdm:
     return tqdm(total=total, desc=desc, dynamic_ncols=True, disable=disable or os.environ.get("TILLER_QUIET") == "1")
 
@@ -66,8 +77,13 @@ class Checkpointer:
 
     def save(self, loop_state: dict[str, Any]) -> None:
         with atomic_dir(self.folder) as tmp:
-            self.acc.save_state(str(tmp))
+            self.acc.save_state(str(tmp), safe_serialization=False)  # torch.save: tied weights need no special case
             (tmp / LOOP_STATE).write_text(json.dumps(loop_state))
+
+    def peek(self) -> dict[str, Any] | None:
+        """The loop state of the checkpoint, without restoring anything."""
+        f = self.folder / LOOP_STATE
+        return json.loads(f.read_text()) if f.is_file() else None
 
     def load(self) -> dict[str, Any] | None:
         """Restore the registered model/optimiser/scheduler/RNG; returns the loop state, or None."""

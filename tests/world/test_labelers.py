@@ -52,11 +52,11 @@ def test_pairs_follow_bradley_terry(tiny_world):
     ideal = tiny_world.judge.ideal(p["prompt"])
     refusal = "Sorry, I can't help with that."
     d = tiny_world.judge.score(p["prompt"], ideal) - tiny_world.judge.score(p["prompt"], refusal)
-    assert d == pytest.approx(1.0)
-    pool = LabelerPool(tiny_world.judge, n=1, temperature=0.4, bias=0.0, tie=0.0, seed=0)
+    assert d == pytest.approx(2.0)  # 2.5 - (1.5 - 1.0 over-refusal penalty)
+    pool = LabelerPool(tiny_world.judge, n=1, temperature=1.0, bias=0.0, tie=0.0, seed=0)
     rng = random.Random(0)
     wins = sum(pool.rank(p["prompt"], [ideal, refusal], 0, rng)["ranking"][0] == [0] for _ in range(3000))
-    assert wins / 3000 == pytest.approx(1 / (1 + math.exp(-d / 0.4)), abs=0.02)
+    assert wins / 3000 == pytest.approx(1 / (1 + math.exp(-d / 1.0)), abs=0.02)
 
 
 def test_labelers_have_distinct_deterministic_biases(tiny_world):

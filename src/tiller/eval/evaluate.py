@@ -124,7 +124,8 @@ def corpus_loss(policy: str, corpus_valid: Path, max_docs: int = 400, block: int
     x = torch.tensor(ids[: n * block]).view(n, block)
     total = 0.0
     for i in range(0, n, 32):
-        total += model(input_ids=x[i : i + 32], labels=x[i : i + 32]).loss.item() * len(x[i : i + 32])
+        xb = x[i : i + 32].to(model.device)
+        total += model(input_ids=xb, labels=xb).loss.item() * len(xb)
     return total / max(n, 1)
 
 

@@ -14,22 +14,14 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from tiller.data.formats import FLAGS as DATA_FLAGS
+
 ROLES = ("admin", "labeler")
 BATCH_KINDS = ("rank", "demo")
 ASSIGNMENT_STATUSES = ("pending", "done", "skipped")
-# The per-answer metadata of the InstructGPT labeling interface (Ouyang et al. 2022, Table 3 / Fig. 12).
-FLAGS = (
-    "fails_instruction",
-    "inappropriate",
-    "hallucination",
-    "satisfies_constraint",
-    "sexual",
-    "violent",
-    "harmful_advice",
-    "denigrates",
-    "opinion",
-    "moral_judgment",
-)
+# The per-answer metadata of the InstructGPT labeling interface (Ouyang et al. 2022, Table 3 / Fig. 12),
+# shared with the rankings file format.
+FLAGS = DATA_FLAGS
 
 
 def utcnow() -> datetime:

@@ -185,11 +185,12 @@ def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Pat
     for obj in (kl_ctl, score_stats, baseline, *([ema] if ema else [])):
         acc.register_for_checkpointing(obj)
     ckpt = Checkpointer(out.with_name(f".{out.name}.ckpt"), acc)
-    if force:
+    stale = ckpt.peek()
+    if stale is not None and stale.get("fingerprint") != fp and not force:  # another config: no resume point
+        print(f"note: {ckpt.folder} was written with another config or inputs; starting over", flush=True)
+    if force or (stale is not None and stale.get("fingerprint") != fp):
         ckpt.clear()
     state = ckpt.load() or {"iteration": 0, "curve": []}
-    if state.get("fingerprint", fp) != fp:  # a checkpoint of another config: start over
-        raise ConfigError(f"{ckpt.folder} holds a checkpoint of another config; rerun with --force to start over")
     tracker = Tracker(log_dir, f"ppo-{out.name}", cfg.report_to)
     k, n_seq = cfg.group_size, cfg.rollout_batch * cfg.group_size
     bar = progress(cfg.iterations, f"{cfg.algo} ({out.name})")

@@ -27,6 +27,7 @@ from tiller.training import (
     Checkpointer,
     make_accelerator,
     make_optimizer,
+    optimizer_step,
     progress,
     set_seed,
 )
@@ -196,11 +197,7 @@ def pretrain(cfg: PretrainConfig, corpus_train: Path, corpus_valid: Path, out: P
             idx = torch.cat([idx, order[: cfg.batch_size - len(idx)]])
         x = train_blocks[idx].to(acc.device)
         loss = model(input_ids=x, labels=x).loss
-        acc.backward(loss)
-        acc.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(acc, model, loss, opt, sched)
         step += 1
         tokens_seen += x.numel()
         bar.update(1)

@@ -26,7 +26,14 @@ from tiller.models import ScalarModel, load_tokenizer
 from tiller.runs import atomic_dir, fingerprint, is_done, read_manifest, write_manifest
 from tiller.scoring import RewardScorer, score_sorted
 from tiller.tracking import Tracker
-from tiller.training import cosine_schedule, make_accelerator, make_optimizer, progress, set_seed
+from tiller.training import (
+    cosine_schedule,
+    make_accelerator,
+    make_optimizer,
+    optimizer_step,
+    progress,
+    set_seed,
+)
 
 
 @dataclass
@@ -197,11 +204,7 @@ def train_rm(cfg: RMConfig, model_path: str, rankings: list[Path], demos_path: P
             scores, ranks, valid_mask = forward_records(model, [seqs[j] for j in idx], [train[j] for j in idx],
                                                         tok.pad_token_id, acc.device)
             loss, stats = ranking_loss(scores, ranks, valid_mask)
-            acc.backward(loss)
-            acc.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step(acc, model, loss, opt, sched)
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{float(stats['accuracy']):.2f}")

@@ -23,7 +23,14 @@ from tiller.losses import masked_lm_loss
 from tiller.models import load_policy
 from tiller.runs import atomic_dir, fingerprint, is_done, read_manifest, write_manifest
 from tiller.tracking import Tracker
-from tiller.training import cosine_schedule, make_accelerator, make_optimizer, progress, set_seed
+from tiller.training import (
+    cosine_schedule,
+    make_accelerator,
+    make_optimizer,
+    optimizer_step,
+    progress,
+    set_seed,
+)
 
 
 @dataclass
@@ -119,11 +126,7 @@ def sft(cfg: SFTConfig, model_path: str, demos_path: Path, out: Path, log_dir: P
                                                            tok.pad_token_id).items()}
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
             loss = masked_lm_loss(logits, b["labels"])
-            acc.backward(loss)
-            acc.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step(acc, model, loss, opt, sched)
             step += 1
             bar.update(1)
             if step % 10 == 0:

@@ -45,7 +45,7 @@ class WorldConfig:
     corpus_valid_frac: float = field(0.05, help="Size of corpus-valid.jsonl relative to corpus-train.jsonl.")
     # -- simulated labelers (InstructGPT sec. 3.4 / app. B: inter-annotator agreement 72.6 +- 1.5%)
     n_labelers: int = field(8, help="Simulated labelers in the pool.")
-    labeler_temperature: float = field(0.4, help="Bradley-Terry noise: P(a > b) = sigmoid((u_a - u_b) / T).")
+    labeler_temperature: float = field(0.3, help="Bradley-Terry noise: P(a > b) = sigmoid((u_a - u_b) / T).")
     labeler_bias: float = field(0.25, help="Spread (log-normal sd) of each labeler's weights on the aspects.")
     labeler_tie: float = field(0.05, help="Noisy utilities closer than this are ranked as a tie.")
     flag_noise: float = field(0.03, help="Chance a labeler flips any one metadata flag.")

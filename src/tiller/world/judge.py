@@ -21,7 +21,10 @@ from tiller.world.tasks import Task
 # fact costs more than any other failure (InstructGPT sec. 3.4: labelers put harmlessness and
 # truthfulness first on the final evaluations).
 WEIGHTS = {"helpful": 1.0, "truthful": 0.5, "harmless": 0.5, "form": 0.5}
-PENALTY = {"harm": 1.5, "hallucination": 1.0}
+# Refusing a harmless request is a failure of its own (InstructGPT's labelers rated "fails to follow the
+# instruction" among the worst): without this penalty a policy that cannot do arithmetic learns to refuse
+# everything, since a refusal states nothing false.
+PENALTY = {"harm": 1.5, "hallucination": 1.0, "over_refusal": 1.0}
 SCORE_RANGE = (-1.5, 2.5)  # the lowest and highest possible scores
 EPS = 1e-6
 
@@ -123,7 +126,9 @@ class GoldJudge:
         """The weighted sum of aspects minus penalties (labelers call this with their own weights)."""
         s = (weights["helpful"] * a["helpful"] + weights["truthful"] * a["truthful"]
              + weights["harmless"] * a["harmless"] + weights["form"] * a["form"])
-        return s - penalty["harm"] * (not a["harmless"]) - penalty["hallucination"] * a["hallucination"]
+        over_refusal = a["refusal"] and a.get("family") != "harmful"
+        return (s - penalty["harm"] * (not a["harmless"]) - penalty["hallucination"] * a["hallucination"]
+                - penalty.get("over_refusal", 0.0) * over_refusal)
 
     def score(self, prompt: Any, response: str) -> float:
         return self.combine(self.aspects(prompt, response))
