@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, replace
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
 from tiller.config import field, to_dict
 from tiller.labelers import LabelConfig, label
