@@ -278,9 +278,18 @@ def run_cmd(run: Run = "default", config: Config = None, force: Force = False, o
     cfg = load_config(RunConfig, config, overrides or [])
     report = run_pipeline(cfg, run_dir(run), force)
     typer.echo(f"\nreport: {report}")
+    results = json.loads((report.parent / "results.json").read_text())
+    evals = {n: e for n, e in results.get("evals", {}).items() if n != "final"}
+    if evals:  # gold score per family for every policy of the run
+        families = sorted({f for e in evals.values() for f in e["per_family"]})
+        typer.echo("\ngold score" + "".join(f"{n:>14}" for n in evals))
+        for fam in [*families, "overall"]:
+            row = [e["per_family"].get(fam, e["overall"])["score"] for e in evals.values()]
+            typer.echo(f"{fam:<10}" + "".join(f"{x:>14.3f}" for x in row))
     summary = report.parent / "metrics.json"
     if summary.is_file():
-        show(json.loads(summary.read_text()))
+        show({k: v for k, v in json.loads(summary.read_text()).items() if k.startswith(("win_rate/", "rm/"))
+              and not k.endswith(("_lo", "_hi"))})
 
 
 @app.command("report")
