@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tiller.feedback.agreement import batch_agreement, kendall_tau_b, pair_counts, pairwise_agreement
+from tiller.data.agreement import batch_agreement, kendall_tau_b, pair_counts, pairwise_agreement
 
 
 def test_pair_counts_and_agreement_exclude_ties() -> None:

@@ -13,6 +13,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from tiller.batching import encode_prompt, encode_response, join
 from tiller.chat import prompt_key
 from tiller.config import ConfigError, field
 from tiller.data import Ranking, read_records
+from tiller.data.agreement import pairwise_agreement
 from tiller.losses import ranking_loss, ranks_from_groups
 from tiller.models import ScalarModel, load_tokenizer
 from tiller.runs import atomic_dir, fingerprint, is_done, read_manifest, write_manifest
@@ -135,22 +137,16 @@ def evaluate(model: ScalarModel, tok, records: list[Ranking], max_len: int, batc
 
 
 def labeler_agreement(records: list[Ranking]) -> float | None:
-    """Pairwise agreement between different labelers ranking the same responses (ties excluded), for reference."""
+    """Pairwise agreement between different labelers ranking the same responses (ties excluded), for
+    reference: the same measure the web app reports for its batches."""
     groups: dict[tuple, list[Ranking]] = {}
     for r in records:
         groups.setdefault((prompt_key(r.prompt), tuple(r.responses)), []).append(r)
     agree = total = 0
     for rs in groups.values():
-        ranks = [ranks_from_groups(r.ranking, len(r.responses)) for r in rs]
-        for a in range(len(ranks)):
-            for b in range(a + 1, len(ranks)):
-                k = len(ranks[a])
-                for i in range(k):
-                    for j in range(i + 1, k):
-                        da, db = ranks[a][i] - ranks[a][j], ranks[b][i] - ranks[b][j]
-                        if da and db:
-                            total += 1
-                            agree += (da > 0) == (db > 0)
+        for a, b in combinations(rs, 2):
+            same, both = pairwise_agreement(a.ranking, b.ranking)
+            agree, total = agree + same, total + both
     return agree / total if total else None
 
 

@@ -9,7 +9,8 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, joinedload
 
-from ..agreement import AgreementReport, batch_agreement
+from tiller.data.agreement import AgreementReport, batch_agreement
+
 from ..db import writing
 from ..errors import Conflict, Forbidden, Invalid, NotFound
 from ..models import BATCH_KINDS, Assignment, Batch, Item, Label, User, utcnow
