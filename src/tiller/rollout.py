@@ -1,21 +1,35 @@
-"""Sampling answers from a policy: Hugging Face ``generate`` with a KV cache, left-padded batches.
+"""Sampling answers from a policy, left-padded batches, with either of two samplers.
 
-Returns token ids as well as text, because RL needs the exact tokens that were sampled (re-tokenising
-the decoded text can give different ids).
+- ``backend="loop"``: a plain cached decode loop over ``model(...)`` with a preallocated (static) KV
+  cache, optionally ``torch.compile``-d one-token step. It also returns each sampled token's
+  log-probability at the sampling temperature, which RL uses as the old-policy log-probabilities
+  instead of running the policy over the rollout a second time.
+- ``backend="hf"``: Hugging Face ``generate``.
+
+Both return token ids as well as text, because RL needs the exact tokens that were sampled
+(re-tokenising the decoded text can give different ids). Both draw from the same distribution with the
+same random stream, so a seed fixes the samples.
 """
 
 from __future__ import annotations
 
+import inspect
+import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 
 from tiller.batching import batch, encode_prompt
 from tiller.chat import clean_response
-from tiller.models import stop_token_ids
+from tiller.models import position_ids_from_mask, stop_token_ids
 from tiller.training import progress
+
+Backend = Literal["hf", "loop"]
+Step = Callable[..., Any]
 
 
 @dataclass
@@ -26,14 +40,156 @@ class Rollout:
     response_ids: list[list[int]] = field(default_factory=list)  # up to and including the stop token
     texts: list[str] = field(default_factory=list)
     ended: list[bool] = field(default_factory=list)  # stopped by <|end|>/EOS rather than by length
+    # per answer, log softmax(logits / temperature) of each response token as sampled (1-D float32), or
+    # None where the answer is not the sampled stream (a sampled pad token was dropped); filled only by
+    # the loop sampler at temperature > 0
+    logprobs: list[torch.Tensor | None] = field(default_factory=list)
+
+
+def kept_positions(ids: list[int], stops: set[int], pad_id: int) -> tuple[list[int], bool]:
+    """Positions of the answer's tokens: up to and including the first stop token, else all but padding."""
+    for i, t in enumerate(ids):
+        if t in stops:
+            return list(range(i + 1)), True
+    return [i for i, t in enumerate(ids) if t != pad_id], False
 
 
 def cut_at_stop(ids: list[int], stops: set[int], pad_id: int) -> tuple[list[int], bool]:
     """Keep tokens up to and including the first stop token; drop padding after it."""
-    for i, t in enumerate(ids):
-        if t in stops:
-            return ids[: i + 1], True
-    return [t for t in ids if t != pad_id], False
+    keep, ended = kept_positions(ids, stops, pad_id)
+    return [ids[i] for i in keep], ended
+
+
+# --- one sampling step --------------------------------------------------------------------------------
+
+
+def top_p_filter(scaled: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering exactly as Hugging Face's ``TopPLogitsWarper`` (same ops, so the same samples)."""
+    sorted_logits, sorted_idx = torch.sort(scaled, descending=False)
+    remove_sorted = sorted_logits.softmax(-1).cumsum(-1) <= (1 - top_p)
+    remove_sorted[..., -1:] = False
+    return scaled.masked_fill(remove_sorted.scatter(1, sorted_idx, remove_sorted), -float("inf"))
+
+
+def pick_next(logits: torch.Tensor, temperature: float, top_p: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Next token per row (B,) and its log-probability under the *unfiltered* softmax(logits / T), the
+    quantity PPO's ratio uses; greedy (T = 0) has no such distribution and returns None."""
+    if temperature <= 0:
+        return logits.argmax(-1), None
+    scaled = logits.float() / temperature
+    filtered = top_p_filter(scaled, top_p) if top_p < 1.0 else scaled
+    nxt = torch.multinomial(filtered.softmax(-1), num_samples=1).squeeze(1)
+    logp = scaled.gather(1, nxt[:, None]).squeeze(1) - scaled.logsumexp(-1)
+    return nxt, logp
+
+
+# --- the model call -------------------------------------------------------------------------------------
+
+
+def cache_argument(model: PreTrainedModel) -> str:
+    """transformers 5 renamed the KV-cache argument from ``past_key_values`` to ``cache``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def static_cache(model: PreTrainedModel, max_len: int) -> Any | None:
+    """A preallocated KV cache (no growth by concatenation per token; fixed shapes, so compilable), or
+    None for a model that has no static cache, which then gets its default dynamic one."""
+    try:
+        return StaticCache(config=model.config, max_cache_len=max_len)
+    except Exception:  # noqa: BLE001 - any model-specific refusal means: use the dynamic cache
+        return None
+
+
+def forward_last(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 position_ids: torch.Tensor, cache: Any, cache_key: str) -> tuple[torch.Tensor, Any]:
+    """Logits of the last position (B, V) and the updated cache."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                **{cache_key: cache})
+    return out.logits[:, -1], getattr(out, cache_key)
+
+
+class CompiledStep:
+    """``forward_last`` through ``torch.compile`` (inductor), falling back to eager if compilation fails.
+
+    Compiling is a one-time cost per shape; ``seconds`` adds up the calls that compiled so benchmarks
+    can report it apart from the steady state."""
+
+    seconds: float = 0.0
+
+    def __init__(self) -> None:
+        self.fn: Step | None = None
+        self.failed = False
+        self.seen: set[tuple] = set()
+
+    def __call__(self, *args: Any) -> tuple[torch.Tensor, Any]:
+        if self.failed:
+            return forward_last(*args)
+        if self.fn is None:
+            self.fn = torch.compile(forward_last, dynamic=False)
+        key = (id(args[0]), tuple(args[1].shape), tuple(args[2].shape))
+        if key in self.seen:
+            return self.fn(*args)
+        start = time.perf_counter()
+        try:
+            return self.fn(*args)
+        except Exception as e:  # noqa: BLE001 - no compiler, unsupported op, ...: eager still works
+            warnings.warn(f"torch.compile of the decode step failed, sampling eagerly: {type(e).__name__}: {e}",
+                          stacklevel=2)
+            self.failed = True
+            return forward_last(*args)
+        finally:
+            self.seen.add(key)
+            CompiledStep.seconds += time.perf_counter() - start
+
+
+COMPILED_STEP = CompiledStep()
+
+
+# --- the samplers -----------------------------------------------------------------------------------------
+
+
+def sample_loop(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, stops: torch.Tensor,
+                pad_id: int, max_new_tokens: int, temperature: float, top_p: float,
+                compile: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Sampled tokens (B, S) and their log-probabilities (B, S) or None, S <= max_new_tokens; rows that
+    stopped are filled with ``pad_id``, and the loop ends once every row has stopped."""
+    b, p = input_ids.shape
+    key = cache_argument(model)
+    cache = static_cache(model, p + max_new_tokens)
+    mask = torch.zeros(b, p + max_new_tokens, dtype=attention_mask.dtype, device=input_ids.device)
+    mask[:, :p] = attention_mask
+    positions = position_ids_from_mask(attention_mask)
+    logits, cache = forward_last(model, input_ids, attention_mask, positions, cache, key)
+    step: Step = COMPILED_STEP if compile and cache is not None else forward_last
+    next_pos = positions[:, -1:] + 1
+    done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+    tokens, logps = [], []
+    for t in range(max_new_tokens):
+        nxt, logp = pick_next(logits, temperature, top_p)
+        nxt = nxt.masked_fill(done, pad_id)
+        tokens.append(nxt)
+        logps.append(logp)
+        done |= torch.isin(nxt, stops)
+        if t + 1 == max_new_tokens or bool(done.all()):
+            break
+        mask[:, p + t] = 1
+        width = mask.shape[1] if cache is not None else p + t + 1  # a static cache takes the full-width mask
+        logits, cache = step(model, nxt[:, None], mask[:, :width], next_pos, cache, key)
+        next_pos = next_pos + 1
+    lp = torch.stack(logps, 1) if temperature > 0 else None
+    return torch.stack(tokens, 1), lp
+
+
+def sample_hf(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, stops: list[int],
+              pad_id: int, max_new_tokens: int, temperature: float, top_p: float) -> torch.Tensor:
+    """Hugging Face ``generate``: the sampled tokens (B, S), padded with ``pad_id`` after a stop."""
+    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad_id)
+    if temperature > 0:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    else:
+        kwargs.update(do_sample=False)
+    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    return out[:, input_ids.shape[1] :]
 
 
 @torch.no_grad()
@@ -50,34 +206,42 @@ def generate(
     max_prompt_len: int = 192,
     seed: int | None = None,
     show_progress: bool = False,
+    backend: Backend = "hf",
+    compile: bool = False,
 ) -> Rollout:
-    """Sample ``n`` answers to each prompt (``temperature`` 0 means greedy)."""
+    """Sample ``n`` answers to each prompt (``temperature`` 0 means greedy). ``compile`` applies to the
+    loop sampler only."""
     was_training = model.training
     model.eval()
     if seed is not None:
         torch.manual_seed(seed)
-    stops = set(stop_token_ids(tok))
+    stop_list = stop_token_ids(tok)
+    stops = set(stop_list)
     encoded = [encode_prompt(tok, p)[-max_prompt_len:] for p in prompts]
     flat = [ids for ids in encoded for _ in range(n)]
     out = Rollout()
     device = next(model.parameters()).device
+    stop_tensor = torch.tensor(stop_list, device=device)
     bar = progress(len(flat), "sampling", disable=not show_progress)
     for start in range(0, len(flat), batch_size):
         chunk = flat[start : start + batch_size]
         enc = {k: v.to(device) for k, v in batch(chunk, tok.pad_token_id, side="left").items()}
-        kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, eos_token_id=list(stops),
-                                      pad_token_id=tok.pad_token_id)
-        if temperature > 0:
-            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+        logps = None
+        if backend == "loop":
+            new, logps = sample_loop(model, enc["input_ids"], enc["attention_mask"], stop_tensor, tok.pad_token_id,
+                                     max_new_tokens, temperature, top_p, compile)
         else:
-            kwargs.update(do_sample=False)
-        seqs = model.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1] :].tolist()
-        for p_ids, ids in zip(chunk, seqs, strict=True):
-            resp, ended = cut_at_stop(ids, stops, tok.pad_token_id)
+            new = sample_hf(model, enc["input_ids"], enc["attention_mask"], stop_list, tok.pad_token_id,
+                            max_new_tokens, temperature, top_p)
+        for i, (p_ids, ids) in enumerate(zip(chunk, new.tolist(), strict=True)):
+            keep, ended = kept_positions(ids, stops, tok.pad_token_id)
+            resp = [ids[j] for j in keep]
             out.prompt_ids.append(p_ids)
             out.response_ids.append(resp)
             out.ended.append(ended)
             out.texts.append(clean_response(tok.decode(resp, skip_special_tokens=False)))
+            if logps is not None:
+                out.logprobs.append(logps[i, : len(keep)] if keep == list(range(len(keep))) else None)
         bar.update(len(chunk))
     bar.close()
     model.train(was_training)

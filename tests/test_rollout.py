@@ -1,0 +1,96 @@
+"""The loop sampler against Hugging Face ``generate`` (same tokens for the same seed, under left padding, for
+GPT-2 and Llama), and its recorded log-probabilities against a fresh forward (the PPO old logprobs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from tiller.models import load_policy
+from tiller.rl import build_sequences, old_logprobs, policy_forward
+from tiller.rollout import CompiledStep, generate
+
+# prompts of different lengths, so every batch is left-padded
+PROMPTS = ["Hi", "What is 2 + 3 and why is it not 6?", "Tell me about the river town.", "Name a baker."]
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def model_and_tok(request, tiny_base_dir: Path, tmp_path_factory) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The tiny pretrained GPT-2, or a fresh Llama with its tokenizer (another attention and position code)."""
+    if request.param == "gpt2":
+        return load_policy(tiny_base_dir, device="cpu")
+    from tiller.stages.pretrain import PretrainConfig, build_model
+
+    _, tok = load_policy(tiny_base_dir, device="cpu")
+    torch.manual_seed(0)
+    model = build_model(PretrainConfig(arch="llama", n_layer=2, n_head=2, n_embd=64, max_positions=256), tok)
+    out = tmp_path_factory.mktemp("llama")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return load_policy(out, device="cpu")
+
+
+@pytest.mark.parametrize("temperature,top_p", [(0.0, 1.0), (1.0, 1.0), (0.7, 0.9)])
+def test_loop_sampler_draws_the_same_tokens_as_hf_generate(model_and_tok, temperature, top_p):
+    model, tok = model_and_tok
+    kw = dict(n=3, temperature=temperature, top_p=top_p, max_new_tokens=20, seed=5)
+    hf = generate(model, tok, PROMPTS, backend="hf", **kw)
+    loop = generate(model, tok, PROMPTS, backend="loop", **kw)
+    assert loop.response_ids == hf.response_ids
+    assert loop.ended == hf.ended and loop.texts == hf.texts and loop.prompt_ids == hf.prompt_ids
+    again = generate(model, tok, PROMPTS, backend="loop", **kw)
+    assert again.response_ids == loop.response_ids  # seeded: deterministic
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9)])
+def test_sampled_logprobs_equal_a_policy_forward(model_and_tok, temperature, top_p):
+    model, tok = model_and_tok
+    ro = generate(model, tok, PROMPTS, n=4, temperature=temperature, top_p=top_p, max_new_tokens=24, seed=2,
+                  backend="loop")
+    assert len(ro.logprobs) == len(ro.response_ids)
+    b = build_sequences(ro.prompt_ids, ro.response_ids, tok.pad_token_id)
+    with torch.no_grad():
+        forward, _ = policy_forward(model, b, temperature)
+        sampled = old_logprobs(model, b, ro.logprobs, temperature)
+    for i, lp in enumerate(ro.logprobs):
+        if lp is not None:
+            assert torch.allclose(lp, forward[i, : len(lp)], atol=1e-5, rtol=0)
+    assert torch.allclose(sampled * b.mask, forward * b.mask, atol=1e-5, rtol=0)
+
+
+def test_rows_without_sampled_logprobs_take_a_forward(model_and_tok):
+    """A row the sampler could not supply (None) gets the forward's numbers; the others keep theirs."""
+    model, tok = model_and_tok
+    ro = generate(model, tok, PROMPTS, n=2, max_new_tokens=12, seed=1, backend="loop")
+    b = build_sequences(ro.prompt_ids, ro.response_ids, tok.pad_token_id)
+    partial = [None if i % 2 else lp for i, lp in enumerate(ro.logprobs)]
+    with torch.no_grad():
+        forward, _ = policy_forward(model, b, 1.0)
+        mixed = old_logprobs(model, b, partial, 1.0)
+        none = old_logprobs(model, b, None, 1.0)
+    assert torch.allclose(mixed * b.mask, forward * b.mask, atol=1e-5, rtol=0)
+    assert torch.equal(none, forward)
+
+
+def test_greedy_and_hf_sampler_record_no_logprobs(model_and_tok):
+    model, tok = model_and_tok
+    assert generate(model, tok, PROMPTS, temperature=0.0, max_new_tokens=8, backend="loop").logprobs == []
+    assert generate(model, tok, PROMPTS, max_new_tokens=8, seed=0, backend="hf").logprobs == []
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_gives_the_eager_tokens(tiny_base_dir):
+    model, tok = load_policy(tiny_base_dir, device="cpu")
+    kw = dict(n=2, max_new_tokens=16, seed=3, backend="loop")
+    eager = generate(model, tok, PROMPTS, **kw)
+    before = CompiledStep.seconds
+    compiled = generate(model, tok, PROMPTS, compile=True, **kw)
+    assert compiled.response_ids == eager.response_ids
+    assert CompiledStep.seconds > before  # the one-time cost is accounted for
+    for a, b in zip(compiled.logprobs, eager.logprobs, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.allclose(a, b, atol=1e-5, rtol=0)
