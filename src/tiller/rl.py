@@ -52,6 +52,30 @@ def policy_forward(model: nn.Module, b: SequenceBatch, temperature: float) -> tu
     return logprobs_from_logits(logits, b.response_ids, temperature), logits
 
 
+def has_dropout(model: nn.Module) -> bool:
+    """Whether a forward in train mode is random, so the sampler's logits are not the training forward's."""
+    return any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
+
+
+def old_logprobs(policy: nn.Module, b: SequenceBatch, sampled: list[torch.Tensor | None] | None,
+                 temperature: float, chunk: int = 64) -> torch.Tensor:
+    """Response-token logprobs of the policy that sampled the rollout. (B, R)
+
+    The loop sampler already computed them from the logits it sampled with (same weights, same
+    temperature, no dropout), so only rows it could not supply (``None``, or no ``sampled`` at all) take
+    a forward; masked positions are 0."""
+    n = len(b.input_ids)
+    missing = list(range(n)) if not sampled else [i for i, lp in enumerate(sampled) if lp is None]
+    out = torch.zeros_like(b.mask)
+    for i, lp in enumerate(sampled or []):
+        if lp is not None:
+            out[i, : len(lp)] = lp.to(out.device)
+    for start in range(0, len(missing), chunk):
+        idx = torch.tensor(missing[start : start + chunk], device=b.input_ids.device)
+        out[idx] = policy_forward(policy, b.select(idx), temperature)[0]
+    return out
+
+
 def value_forward(value_model: ScalarModel, b: SequenceBatch) -> torch.Tensor:
     """V(s_t) for each response token t: the head read at the position that generates it. (B, R)"""
     v = value_model.token_values(b.input_ids, b.attention_mask)

@@ -45,6 +45,8 @@ from tiller.rl import (
     SequenceBatch,
     build_sequences,
     disable_dropout,
+    has_dropout,
+    old_logprobs,
     policy_forward,
     value_forward,
 )
@@ -70,6 +72,9 @@ class PPOConfig:
     value_lr: float = field(3e-4, help="value model learning rate")
     temperature: float = field(1.0, help="sampling temperature (logprobs use the same)")
     top_p: float = field(1.0, help="nucleus sampling for rollouts")
+    sampler: Literal["loop", "hf"] = field("loop", help="rollout sampler: a static-cache decode loop that also "
+                                           "gives the old logprobs, or Hugging Face generate")
+    compile_sampler: bool = field(False, help="torch.compile the loop sampler's decode step (one-time cost)")
     max_new_tokens: int = field(40, help="longest response")
     kl_coef: float = field(0.02, help="initial KL penalty beta (InstructGPT: 0.02)")
     adaptive_kl: bool = field(False, help="adapt kl_coef towards kl_target (lm-human-preferences)")
@@ -105,15 +110,23 @@ class PPOConfig:
 
 
 @torch.no_grad()
-def score_tokens(policy, ref, value_model, b: SequenceBatch, temperature: float, chunk: int = 64):
-    """Old logprobs, reference logprobs and values of a rollout batch, in chunks. Each (B, R)."""
-    lps, refs, vals = [], [], []
+def score_tokens(policy, ref, value_model, b: SequenceBatch, temperature: float,
+                 sampled: list[torch.Tensor | None] | None = None, chunk: int = 64):
+    """Old logprobs (from ``sampled`` where the sampler recorded them), reference logprobs and values of a
+    rollout batch, in chunks. Each (B, R)."""
+    refs, vals = [], []
     for i in range(0, len(b.input_ids), chunk):
         c = b.select(torch.arange(i, min(i + chunk, len(b.input_ids))))
-        lps.append(policy_forward(policy, c, temperature)[0])
         refs.append(policy_forward(ref, c, temperature)[0])
-        vals.append(value_forward(value_model, c) if value_model is not None else torch.zeros_like(lps[-1]))
-    return torch.cat(lps), torch.cat(refs), torch.cat(vals)
+        vals.append(value_forward(value_model, c) if value_model is not None else torch.zeros_like(refs[-1]))
+    lps = old_logprobs(policy, b, None if has_dropout(policy) else sampled, temperature, chunk)
+    return lps, torch.cat(refs), torch.cat(vals)
+
+
+def sampling(cfg: PPOConfig) -> dict[str, Any]:
+    """``generate`` arguments of the configured sampler, the same for rollouts and evaluation points."""
+    return dict(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                backend=cfg.sampler, compile=cfg.compile_sampler)
 
 
 def sequence_advantages(algo: str, rewards: torch.Tensor, k: int, baseline: RunningMoments) -> torch.Tensor:
@@ -204,10 +217,9 @@ def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Pat
             return
         pol = acc.unwrap_model(policy)
         torch.manual_seed(cfg.seed + 7)
-        ro = generate(pol, tok, eval_set, temperature=cfg.temperature, top_p=cfg.top_p,
-                      max_new_tokens=cfg.max_new_tokens, batch_size=cfg.rollout_batch)
+        ro = generate(pol, tok, eval_set, batch_size=cfg.rollout_batch, **sampling(cfg))
         b = build_sequences(ro.prompt_ids, ro.response_ids, tok.pad_token_id).to(acc.device)
-        lp, rlp, _ = score_tokens(pol, ref, None, b, cfg.temperature)
+        lp, rlp, _ = score_tokens(pol, ref, None, b, cfg.temperature, ro.logprobs)
         total, _ = reward.score(eval_set, ro.texts)
         point = {"iteration": it, "episodes": it * n_seq, "kl": float(((lp - rlp) * b.mask).sum(1).mean()),
                  "rm_score": float(total.mean())}
@@ -224,8 +236,7 @@ def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Pat
         # 1. rollout: prompts chosen from (seed, iteration) so a resumed run sees the same ones
         batch_prompts = random.Random(f"{cfg.seed}-{it}").choices(prompts, k=cfg.rollout_batch)
         torch.manual_seed(cfg.seed * 100_003 + it)
-        ro = generate(acc.unwrap_model(policy), tok, batch_prompts, n=k, temperature=cfg.temperature,
-                      top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, batch_size=n_seq)
+        ro = generate(acc.unwrap_model(policy), tok, batch_prompts, n=k, batch_size=n_seq, **sampling(cfg))
         t1 = time.time()
         # 2. score
         flat_prompts = [p for p in batch_prompts for _ in range(k)]
@@ -242,7 +253,7 @@ def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Pat
         t2 = time.time()
         # 3. KL-penalised per-token rewards
         b = build_sequences(ro.prompt_ids, ro.response_ids, tok.pad_token_id).to(acc.device)
-        old_lp, ref_lp, old_values = score_tokens(policy, ref, value_model, b, cfg.temperature)
+        old_lp, ref_lp, old_values = score_tokens(policy, ref, value_model, b, cfg.temperature, ro.logprobs)
         rewards, kl = kl_penalized_rewards(scores.to(acc.device), old_lp, ref_lp, b.mask, kl_ctl.value)
         # 4. advantages
         if cfg.algo == "ppo":
