@@ -7,6 +7,8 @@ per-token tensors (``logprobs``, ``values``, ``mask``) are (B, R), aligned with 
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -44,11 +46,33 @@ def build_sequences(prompt_ids: list[list[int]], response_ids: list[list[int]], 
     return SequenceBatch(torch.cat([p, r], 1), torch.cat([pm, rm], 1), r, rm.float(), p.shape[1])
 
 
+@functools.cache
+def accepts(model_class: type, argument: str) -> bool:
+    """Whether ``model_class.forward`` takes ``argument`` (e.g. ``logits_to_keep``, which not every model has)."""
+    return argument in inspect.signature(model_class.forward).parameters
+
+
+def without_common_padding(b: SequenceBatch) -> SequenceBatch:
+    """``b`` minus the leading columns that are padding in every row (a minibatch's prompts are often all
+    shorter than the rollout's longest one): less compute, the same logprobs and values."""
+    real = b.attention_mask[:, : b.prompt_width - 1].any(0)
+    k = int(real.int().argmax()) if bool(real.any()) else b.prompt_width - 1
+    if k == 0:
+        return b
+    return SequenceBatch(b.input_ids[:, k:], b.attention_mask[:, k:], b.response_ids, b.mask, b.prompt_width - k)
+
+
 def policy_forward(model: nn.Module, b: SequenceBatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Response-token logprobs under ``model`` at the sampling temperature, and the logits. (B, R), (B, R, V)"""
+    """Response-token logprobs under ``model`` at the sampling temperature, and the logits. (B, R), (B, R, V)
+
+    Only the positions that predict response tokens go through the unembedding (``logits_to_keep``,
+    where the model has it)."""
+    b = without_common_padding(b)
+    width = b.response_ids.shape[1] + 1  # the last prompt position and the response positions
+    keep = {"logits_to_keep": width} if accepts(type(model), "logits_to_keep") else {}
     out = model(input_ids=b.input_ids, attention_mask=b.attention_mask,
-                position_ids=position_ids_from_mask(b.attention_mask))
-    logits = out.logits[:, b.prompt_width - 1 : -1].float()
+                position_ids=position_ids_from_mask(b.attention_mask), **keep)
+    logits = out.logits[:, -width:-1].float()
     return logprobs_from_logits(logits, b.response_ids, temperature), logits
 
 
@@ -78,6 +102,7 @@ def old_logprobs(policy: nn.Module, b: SequenceBatch, sampled: list[torch.Tensor
 
 def value_forward(value_model: ScalarModel, b: SequenceBatch) -> torch.Tensor:
     """V(s_t) for each response token t: the head read at the position that generates it. (B, R)"""
+    b = without_common_padding(b)
     v = value_model.token_values(b.input_ids, b.attention_mask)
     return v[:, b.prompt_width - 1 : -1]
 

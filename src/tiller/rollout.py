@@ -13,7 +13,6 @@ same random stream, so a seed fixes the samples.
 
 from __future__ import annotations
 
-import inspect
 import time
 import warnings
 from collections.abc import Callable
@@ -26,9 +25,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 from tiller.batching import batch, encode_prompt
 from tiller.chat import clean_response
 from tiller.models import position_ids_from_mask, stop_token_ids
+from tiller.rl import accepts
 from tiller.training import progress
 
 Backend = Literal["hf", "loop"]
+CACHE_BUCKET = 64  # the compiled step's cache length is a multiple of this
 Step = Callable[..., Any]
 
 
@@ -86,11 +87,6 @@ def pick_next(logits: torch.Tensor, temperature: float, top_p: float) -> tuple[t
 # --- the model call -------------------------------------------------------------------------------------
 
 
-def cache_argument(model: PreTrainedModel) -> str:
-    """transformers 5 renamed the KV-cache argument from ``past_key_values`` to ``cache``."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def static_cache(model: PreTrainedModel, max_len: int) -> Any | None:
     """A preallocated KV cache (no growth by concatenation per token; fixed shapes, so compilable), or
     None for a model that has no static cache, which then gets its default dynamic one."""
@@ -101,11 +97,21 @@ def static_cache(model: PreTrainedModel, max_len: int) -> Any | None:
 
 
 def forward_last(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 position_ids: torch.Tensor, cache: Any, cache_key: str) -> tuple[torch.Tensor, Any]:
-    """Logits of the last position (B, V) and the updated cache."""
+                 position_ids: torch.Tensor, cache: Any, options: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+    """Logits of the last position (B, V) and the updated cache; ``options`` from :func:`call_options`."""
+    cache_key = options["cache_key"]
+    extra = {"logits_to_keep": 1} if options["keep_last"] else {}  # the prompt's other logits are not needed
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
-                **{cache_key: cache})
+                **{cache_key: cache}, **extra)
     return out.logits[:, -1], getattr(out, cache_key)
+
+
+def call_options(model: PreTrainedModel) -> dict[str, Any]:
+    """How to call this model class: the KV-cache argument's name (transformers 5 renamed
+    ``past_key_values`` to ``cache``) and whether it takes ``logits_to_keep``. Looked up outside the
+    compiled step, which should not trace ``inspect``."""
+    return {"cache_key": "cache" if accepts(type(model), "cache") else "past_key_values",
+            "keep_last": accepts(type(model), "logits_to_keep")}
 
 
 class CompiledStep:
@@ -154,12 +160,15 @@ def sample_loop(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask:
     """Sampled tokens (B, S) and their log-probabilities (B, S) or None, S <= max_new_tokens; rows that
     stopped are filled with ``pad_id``, and the loop ends once every row has stopped."""
     b, p = input_ids.shape
-    key = cache_argument(model)
-    cache = static_cache(model, p + max_new_tokens)
-    mask = torch.zeros(b, p + max_new_tokens, dtype=attention_mask.dtype, device=input_ids.device)
+    options = call_options(model)
+    length = p + max_new_tokens
+    if compile:  # a few cache lengths, not one per prompt width: each new shape compiles again
+        length = -(-length // CACHE_BUCKET) * CACHE_BUCKET
+    cache = static_cache(model, length)
+    mask = torch.zeros(b, length, dtype=attention_mask.dtype, device=input_ids.device)
     mask[:, :p] = attention_mask
     positions = position_ids_from_mask(attention_mask)
-    logits, cache = forward_last(model, input_ids, attention_mask, positions, cache, key)
+    logits, cache = forward_last(model, input_ids, attention_mask, positions, cache, options)
     step: Step = COMPILED_STEP if compile and cache is not None else forward_last
     next_pos = positions[:, -1:] + 1
     done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
@@ -174,7 +183,7 @@ def sample_loop(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask:
             break
         mask[:, p + t] = 1
         width = mask.shape[1] if cache is not None else p + t + 1  # a static cache takes the full-width mask
-        logits, cache = step(model, nxt[:, None], mask[:, :width], next_pos, cache, key)
+        logits, cache = step(model, nxt[:, None], mask[:, :width], next_pos, cache, options)
         next_pos = next_pos + 1
     lp = torch.stack(logps, 1) if temperature > 0 else None
     return torch.stack(tokens, 1), lp
