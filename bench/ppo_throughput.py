@@ -52,15 +52,25 @@ def make_rm(model_dir: Path, world, work: Path) -> Path:
     return work / "rm"
 
 
-def run_tiller(algo: str, a: argparse.Namespace, model_dir: Path, rm_dir: Path, prompts_file: Path, work: Path,
+def tiller_variant(spec: str) -> tuple[str, dict]:
+    """``algo`` or ``algo:variant`` (variant ``compile``: compiled decode step; ``hf``: Hugging Face generate,
+    old logprobs from a second forward, as before the loop sampler) -> (algo, PPOConfig overrides)."""
+    algo, _, variant = spec.partition(":")
+    overrides = {"": {}, "compile": {"compile_sampler": True}, "hf": {"sampler": "hf"}}[variant]
+    return algo, overrides
+
+
+def run_tiller(spec: str, a: argparse.Namespace, model_dir: Path, rm_dir: Path, prompts_file: Path, work: Path,
                iterations: int, tag: str) -> dict:
     """``iterations`` of the real stage; the clock is the stage's own per-phase totals (evaluation excluded)."""
     from tiller.stages import ppo as ppo_stage
     from tiller.stages.ppo import PPOConfig, train_ppo
 
+    algo, overrides = tiller_variant(spec)
     cfg = PPOConfig(algo=algo, iterations=iterations, rollout_batch=a.prompts, group_size=a.group,
                     minibatch_size=a.minibatch, ppo_epochs=a.epochs, max_new_tokens=a.new_tokens, kl_coef=KL_COEF,
-                    temperature=1.0, eval_every=0, eval_prompts=1, checkpoint_every=0, report_to=["none"], seed=0)
+                    temperature=1.0, eval_every=0, eval_prompts=1, checkpoint_every=0, report_to=["none"], seed=0,
+                    **overrides)
     # CPU clock: from the first rollout (``generate`` called with ``n``; the evaluation before the loop calls
     # it without) to the progress bar's close right after the loop
     clock, real_generate, start_cpu = LoopClock(ppo_stage.progress), ppo_stage.generate, []
@@ -156,7 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--new-tokens", type=int, default=32, help="max new tokens per answer")
     ap.add_argument("--iterations", type=int, default=4, help="timed rollout batches per run")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--algos", nargs="+", default=["rloo", "ppo"], help="tiller algos to time")
+    ap.add_argument("--algos", nargs="+", default=["rloo", "ppo", "rloo:compile", "ppo:compile", "rloo:hf", "ppo:hf"],
+                    help="tiller sides: algo[:compile|:hf] (default sampler: the eager loop)")
     ap.add_argument("--model", type=Path, default=None, help="a causal LM folder (default: a fresh tiny GPT-2)")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
@@ -183,12 +194,18 @@ def main(argv: list[str] | None = None) -> None:
             return run_trl(a, model_dir, rm_dir, prompts, work, iterations, tag)
         return run_tiller(side.split()[1], a, model_dir, rm_dir, prompts_file, work, iterations, tag)
 
-    for side in sides:  # warm-up, untimed
-        run(side, 1, f"warm-{side.replace(' ', '-')}")
+    from tiller.rollout import CompiledStep
+
+    for side in sides:  # warm-up, untimed here but reported: it holds any one-time cost (torch.compile)
+        start, start_cpu, compiled = time.perf_counter(), cpu_seconds(), CompiledStep.seconds
+        run(side, 1, f"warm-{side.replace(' ', '-').replace(':', '-')}")
+        print(f"warm-up {side}: {time.perf_counter() - start:.1f} s wall, {cpu_seconds() - start_cpu:.1f} CPU-s "
+              f"(one iteration + set-up; of which compiling the decode step: "
+              f"{CompiledStep.seconds - compiled:.1f} s)", flush=True)
     results: dict[str, list[dict]] = {s: [] for s in sides}
     for rep in range(a.repeats):
         for side in sides:
-            r = run(side, a.iterations, f"{side.replace(' ', '-')}-{rep}")
+            r = run(side, a.iterations, f"{side.replace(' ', '-').replace(':', '-')}-{rep}")
             results[side].append(r)
             print(f"rep {rep} {side}: {r['episodes'] / r['seconds']:.2f} episodes/s ({r['seconds']:.1f}s, "
                   f"{r['cpu_s']:.1f} CPU-s; gen "
