@@ -128,15 +128,15 @@ class CompiledStep:
         self.seen: set[tuple] = set()
 
     def __call__(self, *args: Any) -> tuple[torch.Tensor, Any]:
+        key = (id(args[0]), tuple(args[1].shape), tuple(args[2].shape))
         if self.failed:
             return forward_last(*args)
-        if self.fn is None:
-            self.fn = torch.compile(forward_last, dynamic=False)
-        key = (id(args[0]), tuple(args[1].shape), tuple(args[2].shape))
-        if key in self.seen:
+        if self.fn is not None and key in self.seen:
             return self.fn(*args)
         start = time.perf_counter()
         try:
+            if self.fn is None:
+                self.fn = torch.compile(forward_last, dynamic=False)
             return self.fn(*args)
         except Exception as e:  # noqa: BLE001 - no compiler, unsupported op, ...: eager still works
             warnings.warn(f"torch.compile of the decode step failed, sampling eagerly: {type(e).__name__}: {e}",
