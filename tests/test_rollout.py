@@ -94,3 +94,17 @@ def test_compiled_decode_step_gives_the_eager_tokens(tiny_base_dir):
         assert (a is None) == (b is None)
         if a is not None:
             assert torch.allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_a_model_trains_after_sampling(model_and_tok):
+    """Sampling runs in inference mode; nothing it leaves behind (logprobs, model state) may break a backward."""
+    model, tok = model_and_tok
+    ro = generate(model, tok, PROMPTS, n=2, max_new_tokens=8, seed=0, backend="loop")
+    b = build_sequences(ro.prompt_ids, ro.response_ids, tok.pad_token_id)
+    old = old_logprobs(model, b, ro.logprobs, 1.0)
+    model.train()
+    lp, _ = policy_forward(model, b, 1.0)
+    (torch.exp(lp - old) * b.mask).sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    model.zero_grad(set_to_none=True)
+    model.eval()

@@ -201,7 +201,7 @@ def sample_hf(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: t
     return out[:, input_ids.shape[1] :]
 
 
-@torch.no_grad()
+@torch.inference_mode()  # cheaper per operator than no_grad; nothing sampled here is ever differentiated
 def generate(
     model: PreTrainedModel,
     tok: PreTrainedTokenizerBase,
