@@ -17,10 +17,10 @@ FAMILIES = ("arithmetic", "lists", "strings", "facts", "style", "harmful", "mult
 class WorldConfig:
     seed: int = field(0, help="Seed of everything: the same seed writes byte-identical files.")
     # -- the fictional world (what the corpus teaches and the facts family asks about)
-    n_people: int = field(40, help="People with a birthplace, a birth year and a job.")
+    n_people: int = field(24, help="People with a birthplace, a birth year and a job.")
     n_places: int = field(12, help="Towns and villages, each on a river.")
     n_venues: int = field(16, help="Inns, bakeries, mills... in those places (reviewed by the style family).")
-    n_fake_people: int = field(30, help="Names of people who do NOT exist (the hallucination test).")
+    n_fake_people: int = field(20, help="Names of people who do NOT exist (the hallucination test).")
     fake_fraction: float = field(0.3, help="Share of facts prompts asking about a person who does not exist.")
     # -- prompts and users; splits are by user (InstructGPT sec. 3.2: held-out users in validation/test)
     n_train_users: int = field(42, help="Users whose prompts go to the train split.")
@@ -34,7 +34,7 @@ class WorldConfig:
     n_demos: int = field(800, help="Train prompts that get a written demonstration.")
     n_demo_writers: int = field(8, help="Simulated demo writers (the same people as the labelers).")
     demo_family_weights: dict[str, float] = field(
-        default_factory=lambda: {"harmful": 0.25, "facts": 0.5},
+        default_factory=lambda: {"harmful": 0.1, "facts": 0.5},
         help="Relative chance that a prompt of a family gets a demonstration (others 1.0). Fewer demos of "
              "refusals and of 'I don't know' leave SFT imperfect there, as InstructGPT's SFT was: its "
              "demonstrations were mostly helpfulness tasks and the comparisons taught the rest.")
