@@ -11,6 +11,7 @@ import pytest
 from tiller.runs import (
     MANIFEST,
     atomic_dir,
+    clean_other_fingerprints,
     clean_stale,
     fingerprint,
     fingerprint_path,
@@ -107,3 +108,25 @@ def test_clean_stale_removes_only_temporaries(tmp_path):
     (tmp_path / "model").mkdir()
     clean_stale(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_clean_other_fingerprints_keeps_the_current_one(tmp_path):
+    for name in (".base.ckpt-aaa", ".base.ckpt-bbb", ".base.tokenizer-aaa", ".base.tokenizer-bbb", "base",
+                 ".sft.ckpt-aaa"):
+        (tmp_path / name).mkdir()
+    clean_other_fingerprints(tmp_path / "base", ("ckpt", "tokenizer"), "bbb")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".base.ckpt-bbb", ".base.tokenizer-bbb",
+                                                         ".sft.ckpt-aaa", "base"]
+
+
+def test_latest_rows_keeps_the_last_of_each_step():
+    from tiller.tracking import latest_rows
+
+    rows = [  # a run killed after step 2 (checkpoint at step 1), then resumed from step 1
+        {"stage": "ppo", "step": 0, "loss": 3.0, "time": 1}, {"stage": "ppo", "step": 1, "loss": 2.0, "time": 2},
+        {"stage": "ppo", "step": 2, "loss": 1.5, "time": 3}, {"stage": "ppo", "step": 1, "eval/kl": 0.1, "time": 4},
+        {"stage": "ppo", "step": 2, "loss": 1.4, "time": 5}, {"stage": "ppo", "step": 3, "loss": 1.0, "time": 6},
+    ]
+    out = latest_rows(rows)
+    assert [(r["step"], r.get("loss"), r.get("eval/kl")) for r in out] == [
+        (0, 3.0, None), (1, 2.0, None), (1, None, 0.1), (2, 1.4, None), (3, 1.0, None)]

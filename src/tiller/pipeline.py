@@ -24,7 +24,7 @@ from tiller.stages.pretrain import PretrainConfig, pretrain
 from tiller.stages.reward import RMConfig, train_rm
 from tiller.stages.sample import SampleConfig, sample
 from tiller.stages.sft import SFTConfig, sft
-from tiller.tracking import read_metrics
+from tiller.tracking import latest_rows, read_metrics
 from tiller.world import WorldConfig
 
 
@@ -140,7 +140,7 @@ def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
     results["stage_seconds"] = timer.seconds
     results["seconds_total"] = time.time() - start
     results["training"] = {s: rows for s in ("ppo-policy-r1", "ppo-policy-r2", "ppo-policy-noptx-r1")
-                           if (rows := read_metrics(logs, s))}
+                           if (rows := latest_rows(read_metrics(logs, s)))}
     from tiller.eval.report import write_report
 
     report_dir = rd / "report"
@@ -151,7 +151,20 @@ def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
 
 def rm_gold_accuracy(world, rm_dir: Path, rankings: list[Path], rm_cfg: RMConfig) -> float:
     """On the RM's held-out prompts: share of response pairs with a strict gold preference that the RM
-    orders as the noiseless gold judge does (the labels it learned from were noisy)."""
+    orders as the noiseless gold judge does (the labels it learned from were noisy).
+
+    Kept in ``rm_dir/gold-accuracy.json``: the RM folder is replaced whenever the RM is retrained, so a
+    rerun that skips the RM stage reads the figure instead of scoring the held-out set again."""
+    cache = rm_dir / "gold-accuracy.json"
+    key = [str(p) for p in rankings]
+    if cache.is_file() and (saved := json.loads(cache.read_text())).get("rankings") == key:
+        return float(saved["gold_accuracy"])
+    acc = _rm_gold_accuracy(world, rm_dir, rankings, rm_cfg)
+    atomic_write_text(cache, json.dumps({"rankings": key, "gold_accuracy": acc}))
+    return acc
+
+
+def _rm_gold_accuracy(world, rm_dir: Path, rankings: list[Path], rm_cfg: RMConfig) -> float:
     from tiller.data import read_records
     from tiller.scoring import RewardScorer
     from tiller.stages.reward import split_by_prompt

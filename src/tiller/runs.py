@@ -107,3 +107,13 @@ def clean_stale(parent: str | Path) -> None:
     """Remove temporary folders left by killed stages (their names start with a dot)."""
     for p in Path(parent).glob(".*.tmp-*"):
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def clean_other_fingerprints(out: str | Path, kinds: tuple[str, ...], fp: str) -> None:
+    """Remove ``.{out}.{kind}-{other fingerprint}`` siblings: resumable state of a killed run whose config
+    or inputs have since changed can never be resumed, only take disk space."""
+    out = Path(out)
+    for kind in kinds:
+        for p in out.parent.glob(f".{out.name}.{kind}-*"):
+            if p.name != f".{out.name}.{kind}-{fp}":
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)

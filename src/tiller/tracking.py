@@ -59,3 +59,14 @@ def read_metrics(log_dir: str | Path, stage: str | None = None) -> list[dict[str
         return []
     rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
     return [r for r in rows if stage is None or r.get("stage") == stage]
+
+
+def latest_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (stage, step, metric names): the last one written, in step order.
+
+    metrics.jsonl is append-only, so a stage resumed from a checkpoint logs the steps after that checkpoint
+    twice, and a forced rerun logs them all again; plots want each step once, from the latest run."""
+    last: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        last[(r.get("stage"), r.get("step"), tuple(sorted(k for k in r if k != "time")))] = r
+    return sorted(last.values(), key=lambda r: (str(r.get("stage")), r.get("step") or 0))

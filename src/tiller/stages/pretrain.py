@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrain
 from tiller.chat import SPECIAL_TOKENS
 from tiller.config import ConfigError, field
 from tiller.models import PAD
-from tiller.runs import atomic_dir, fingerprint, is_done, write_manifest
+from tiller.runs import atomic_dir, clean_other_fingerprints, fingerprint, is_done, write_manifest
 from tiller.tracking import Tracker
 from tiller.training import (
     Checkpointer,
@@ -147,6 +147,7 @@ def pretrain(cfg: PretrainConfig, corpus_train: Path, corpus_valid: Path, out: P
     train_docs, valid_docs = read_corpus(corpus_train), read_corpus(corpus_valid)
     # tied to the fingerprint: a changed config never resumes a stale checkpoint
     ckpt_dir = out.with_name(f".{out.name}.ckpt-{fp}")
+    clean_other_fingerprints(out, ("ckpt", "tokenizer"), fp)
     tok_dir = out.with_name(f".{out.name}.tokenizer-{fp}")
     if tok_dir.is_dir() and not force:  # resume: the tokenizer must be the one the checkpoint used
         tok = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
