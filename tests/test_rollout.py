@@ -108,3 +108,20 @@ def test_a_model_trains_after_sampling(model_and_tok):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     model.zero_grad(set_to_none=True)
     model.eval()
+
+
+def test_prefill_falls_back_to_the_models_own_cache(model_and_tok):
+    """A static cache the model refuses (here: too short for the prompt) gives way to its default cache."""
+    from tiller.batching import batch, encode_prompt
+    from tiller.models import position_ids_from_mask
+    from tiller.rollout import call_options, prefill
+
+    model, tok = model_and_tok
+    enc = batch([encode_prompt(tok, p) for p in PROMPTS], tok.pad_token_id, side="left")
+    pos = position_ids_from_mask(enc["attention_mask"])
+    args = (model, enc["input_ids"], enc["attention_mask"], pos)
+    with torch.inference_mode():
+        fits, _, static = prefill(*args, enc["input_ids"].shape[1] + 4, call_options(model))
+        short, cache, fallback_static = prefill(*args, 1, call_options(model))
+    assert static and not fallback_static and cache is not None
+    assert torch.allclose(fits, short, atol=1e-5, rtol=0)

@@ -114,6 +114,19 @@ def call_options(model: PreTrainedModel) -> dict[str, Any]:
             "keep_last": accepts(type(model), "logits_to_keep")}
 
 
+def prefill(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+            position_ids: torch.Tensor, length: int, options: dict[str, Any]) -> tuple[torch.Tensor, Any, bool]:
+    """The prompt's forward into a static cache of ``length`` positions, or into the model's own cache when
+    it has no static one or refuses it (a model with another cache type). Returns (logits, cache, static)."""
+    cache = static_cache(model, length)
+    if cache is not None:
+        try:
+            return *forward_last(model, input_ids, attention_mask, position_ids, cache, options), True
+        except Exception:  # noqa: BLE001 - retried below with the model's default cache
+            pass
+    return *forward_last(model, input_ids, attention_mask, position_ids, None, options), False
+
+
 class CompiledStep:
     """``forward_last`` through ``torch.compile`` (inductor), falling back to eager if compilation fails.
 
@@ -164,12 +177,11 @@ def sample_loop(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask:
     length = p + max_new_tokens
     if compile:  # a few cache lengths, not one per prompt width: each new shape compiles again
         length = -(-length // CACHE_BUCKET) * CACHE_BUCKET
-    cache = static_cache(model, length)
     mask = torch.zeros(b, length, dtype=attention_mask.dtype, device=input_ids.device)
     mask[:, :p] = attention_mask
     positions = position_ids_from_mask(attention_mask)
-    logits, cache = forward_last(model, input_ids, attention_mask, positions, cache, options)
-    step: Step = COMPILED_STEP if compile and cache is not None else forward_last
+    logits, cache, static = prefill(model, input_ids, attention_mask, positions, length, options)
+    step: Step = COMPILED_STEP if compile and static else forward_last
     next_pos = positions[:, -1:] + 1
     done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
     tokens, logps = [], []
@@ -182,7 +194,7 @@ def sample_loop(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask:
         if t + 1 == max_new_tokens or bool(done.all()):
             break
         mask[:, p + t] = 1
-        width = mask.shape[1] if cache is not None else p + t + 1  # a static cache takes the full-width mask
+        width = mask.shape[1] if static else p + t + 1  # a static cache takes the full-width mask
         logits, cache = step(model, nxt[:, None], mask[:, :width], next_pos, cache, options)
         next_pos = next_pos + 1
     lp = torch.stack(logps, 1) if temperature > 0 else None
