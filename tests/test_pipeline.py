@@ -20,15 +20,21 @@ pytestmark = pytest.mark.slow
 def test_tiny_loop_writes_a_report_and_resumes(tmp_path):
     cfg = load_config(RunConfig, CONFIGS / "tiny.yaml",
                       ["ppo.iterations=2", "later_round_iterations=2", "pretrain.max_tokens=40000",
-                       "eval.bon_curve=false", "bon.n_prompts=12"])
+                       "eval.bon_curve=false", "bon.n_prompts=12", "rule_rm_flags=[harmful_advice,violent]"])
     rd = tmp_path / "tiny"
     report = run_pipeline(cfg, rd)
     assert report == rd / "report" / "report.html" and report.stat().st_size > 2000
     metrics = json.loads((rd / "report" / "metrics.json").read_text())
     for key in ("win_rate/final_vs_sft", "win_rate/final_vs_base", "pretrain_loss/sft", "rm/r2/gold_accuracy"):
         assert key in metrics, key
-    for folder in ("base", "sft", "rm-r1", "rm-r2", "policy-r1", "policy-r2", "policy-noptx-r1", "bon-r1"):
+    for folder in ("base", "sft", "rm-r1", "rm-r2", "rm-harmless-r1", "rm-harmless-r2", "policy-r1", "policy-r2",
+                   "policy-noptx-r1", "bon-r1"):
         assert (rd / folder / "tiller-manifest.json").is_file(), folder
+    # RL's reward: the round's preference RM summed, its harmlessness rule RM as a penalty (Sparrow)
+    for policy, r in (("policy-r1", 1), ("policy-noptx-r1", 1), ("policy-r2", 2)):
+        rewards = json.loads((rd / policy / "tiller-manifest.json").read_text())["config"]["rewards"]
+        assert [(x["path"], x["role"]) for x in rewards] == [(str(rd / f"rm-r{r}"), "sum"),
+                                                             (str(rd / f"rm-harmless-r{r}"), "penalty")]
     results = json.loads((rd / "report" / "results.json").read_text())
     assert results["policies"]["final"] == str(rd / "policy-r2")
     # every stage is up to date: the rerun only evaluates again, and evaluation is seeded

@@ -1,7 +1,12 @@
 """``tiller run``: the whole loop over one run folder, in rounds, resumable.
 
-    world -> pretrain -> sft -> [sample K -> label -> rm (all labels so far) -> ppo-ptx] x rounds -> eval -> report
+    world -> pretrain -> sft -> [sample K -> label -> rm (all labels so far) -> [rule rm] -> ppo-ptx] x rounds
+          -> eval -> report
 
+The optional rule RM (``rule_rm_flags``) is Sparrow's harmlessness RM, trained from the labelers' harm
+flags on the same rankings; RL subtracts its score when it is negative. It is off by default: in the one
+default-world run with it on (threshold 0, at the demonstrations' mean score), round 1's policy refused
+every harmless request; that run also had a weaker ptx term, so the two effects are not separated.
 Round 1 also trains the comparison arms (plain PPO without ptx, best-of-K) from the same reward model.
 Every stage skips when its outputs are up to date and PPO resumes from its last checkpoint, so after a
 crash or ``kill -9`` the same command continues where it stopped.
@@ -18,6 +23,7 @@ from typing import Literal
 from tiller.config import field, to_dict
 from tiller.labelers import LabelConfig, label
 from tiller.runs import atomic_write_text, clean_stale, fingerprint, is_done, write_manifest
+from tiller.scoring import RewardSource
 from tiller.stages.best_of_n import BoNConfig, best_of_n
 from tiller.stages.ppo import PPOConfig, train_ppo
 from tiller.stages.pretrain import PretrainConfig, pretrain
@@ -45,6 +51,11 @@ class RunConfig:
     later_rounds_from: Literal["sft", "previous"] = field(
         "sft", help="where RL of rounds after the first starts: the SFT model (each round's policy is trained "
                     "afresh against a better RM, as InstructGPT's PPO models were) or the previous round's policy")
+    rule_rm_flags: list[str] = field(
+        default_factory=list,
+        help="Sparrow's rule RM: each round also trains a harmlessness RM from these labeler flags (flagged "
+             "answers rank below the others, e.g. [harmful_advice, violent]) and RL subtracts its score when "
+             "below 0; [] (the default) leaves it out")
     world: WorldConfig = field(default_factory=WorldConfig, help="the embedded world")
     pretrain: PretrainConfig = field(default_factory=PretrainConfig, help="stage 0")
     sft: SFTConfig = field(default_factory=SFTConfig, help="stage 1")
@@ -117,15 +128,23 @@ def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
         m = timer(f"rm-r{r}", train_rm, rm_cfg, sft_dir, list(rankings), wd / "demos.jsonl", rm_dir, logs, force)
         rm_results[f"r{r}"] = {**m, "gold_accuracy": rm_gold_accuracy(world, rm_dir, rankings, cfg.rm)}
         ppo_cfg = cfg.ppo
+        if cfg.rule_rm_flags and not cfg.ppo.rewards:
+            rule_dir = rd / f"rm-harmless-r{r}"
+            rule_cfg = replace(rm_cfg, label_source="flags:" + ",".join(cfg.rule_rm_flags), normalize_std=False)
+            timer(f"rm-harmless-r{r}", train_rm, rule_cfg, sft_dir, list(rankings), wd / "demos.jsonl", rule_dir,
+                  logs, force)
+            ppo_cfg = replace(ppo_cfg, rewards=[RewardSource(kind="rm", path=str(rm_dir), name="helpful"),
+                                                RewardSource(kind="rm", path=str(rule_dir), name="harmless",
+                                                             role="penalty", weight=1.0, threshold=0.0)])
         if r > 1 and cfg.later_round_iterations:
-            ppo_cfg = replace(cfg.ppo, iterations=cfg.later_round_iterations)
+            ppo_cfg = replace(ppo_cfg, iterations=cfg.later_round_iterations)
         out = rd / f"policy-r{r}"
         start_from = policy if (r == 1 or cfg.later_rounds_from == "previous") else sft_dir
         timer(f"ppo-r{r}", train_ppo, ppo_cfg, start_from, sft_dir, prompts, out, logs, rm_path=str(rm_dir),
               ptx_corpus=wd / "corpus-train.jsonl", gold_fn=gold, force=force)
         policies[f"ppo-ptx-r{r}"] = str(out)
         if r == 1 and "ppo-noptx" in cfg.arms:
-            noptx = replace(cfg.ppo, ptx_coef=0.0)
+            noptx = replace(ppo_cfg, ptx_coef=0.0)
             timer("ppo-noptx-r1", train_ppo, noptx, sft_dir, sft_dir, prompts, rd / "policy-noptx-r1", logs,
                   rm_path=str(rm_dir), gold_fn=gold, force=force)
             policies["ppo-noptx-r1"] = str(rd / "policy-noptx-r1")

@@ -4,7 +4,7 @@
   cache, optionally ``torch.compile``-d one-token step. It also returns each sampled token's
   log-probability at the sampling temperature, which RL uses as the old-policy log-probabilities
   instead of running the policy over the rollout a second time.
-- ``backend="hf"``: Hugging Face ``generate``.
+- ``backend="hf"``: Hugging Face ``generate`` (kept as the reference the loop is tested against).
 
 Both return token ids as well as text, because RL needs the exact tokens that were sampled
 (re-tokenising the decoded text can give different ids). Both draw from the same distribution with the
@@ -227,7 +227,7 @@ def generate(
     max_prompt_len: int = 192,
     seed: int | None = None,
     show_progress: bool = False,
-    backend: Backend = "hf",
+    backend: Backend = "loop",
     compile: bool = False,
 ) -> Rollout:
     """Sample ``n`` answers to each prompt (``temperature`` 0 means greedy). ``compile`` applies to the
