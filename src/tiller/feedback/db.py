@@ -60,14 +60,8 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 @contextmanager
 def write_session(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One write transaction: committed on success, rolled back on any error."""
-    with factory() as session:
-        session.connection(execution_options={_IMMEDIATE: True})
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
+    with factory() as session, writing(session):
+        yield session
 
 
 @contextmanager
