@@ -103,10 +103,14 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _remove(p: Path) -> None:
+    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
 def clean_stale(parent: str | Path) -> None:
     """Remove temporary folders left by killed stages (their names start with a dot)."""
     for p in Path(parent).glob(".*.tmp-*"):
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        _remove(p)
 
 
 def clean_other_fingerprints(out: str | Path, kinds: tuple[str, ...], fp: str) -> None:
@@ -116,4 +120,4 @@ def clean_other_fingerprints(out: str | Path, kinds: tuple[str, ...], fp: str) -
     for kind in kinds:
         for p in out.parent.glob(f".{out.name}.{kind}-*"):
             if p.name != f".{out.name}.{kind}-{fp}":
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                _remove(p)
