@@ -190,18 +190,17 @@ def _rm_gold_accuracy(world, rm_dir: Path, rankings: list[Path], rm_cfg: RMConfi
 
     records = [x for p in rankings for x in read_records(p, "ranking", allow_empty=True)]
     _, held_out = split_by_prompt(records, rm_cfg.valid_fraction, rm_cfg.seed)
-    scorer = RewardScorer(str(rm_dir))
-    seen, right, total = set(), 0, 0
-    for r in held_out:
-        key = (json.dumps(r.prompt), tuple(r.responses))
-        if key in seen:
-            continue
-        seen.add(key)
-        scores = scorer.score([r.prompt] * len(r.responses), r.responses)
+    items = list({(json.dumps(r.prompt), tuple(r.responses)): r for r in held_out}.values())  # each set once
+    flat = [(r.prompt, x) for r in items for x in r.responses]
+    scores = RewardScorer(str(rm_dir)).score([p for p, _ in flat], [x for _, x in flat])  # one batched pass
+    right, total, start = 0, 0, 0
+    for r in items:
+        s = scores[start : start + len(r.responses)]
+        start += len(r.responses)
         gold = [world.judge.score(r.prompt, x) for x in r.responses]
-        for i in range(len(scores)):
-            for j in range(i + 1, len(scores)):
+        for i in range(len(s)):
+            for j in range(i + 1, len(s)):
                 if abs(gold[i] - gold[j]) > 1e-6:
                     total += 1
-                    right += (scores[i] > scores[j]) == (gold[i] > gold[j])
+                    right += (s[i] > s[j]) == (gold[i] > gold[j])
     return right / max(total, 1)
