@@ -50,7 +50,7 @@ def test_two_streamed_turns_keep_history_and_consent(chat_app: Any, login: Any, 
     answers = []
     for turn, consent in (("Hello there", True), ("How are you?", False)):
         with ana.stream("POST", f"/api/chat/conversations/{cid}/turn", headers=h,
-                        json={"content": turn, "consent": consent, "max_new_tokens": 12}) as r:
+                        json={"content": turn, "consent": consent, "max_new_tokens": 12, "seed": 1}) as r:
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
             evs = events(r.read().decode())
         deltas = [d["delta"] for e, d in evs if e == "message"]

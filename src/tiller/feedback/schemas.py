@@ -80,6 +80,7 @@ class TurnCreate(BaseModel):
     consent: bool = False
     max_new_tokens: int = Field(default=128, ge=1, le=1024)
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1, description="sampling seed: the same answer again")
 
 
 class ComparisonPublic(BaseModel):

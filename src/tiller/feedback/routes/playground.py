@@ -62,7 +62,8 @@ def turn(request: Request, db: Db, user: CurrentUser, conversation_id: int, body
         parts: list[str] = []
         generation = None
         try:
-            generation = engine.stream(prompt, max_new_tokens=body.max_new_tokens, temperature=body.temperature)
+            generation = engine.stream(prompt, max_new_tokens=body.max_new_tokens, temperature=body.temperature,
+                                       seed=body.seed)
             for delta in generation:
                 parts.append(delta)
                 yield sse({"delta": delta})
@@ -88,7 +89,7 @@ def compare(request: Request, db: Db, user: CurrentUser, conversation_id: int, b
     """Two sampled answers to the user's message; the user then picks the better one (``choose``)."""
     engine = chat_engine(request.app, chat.get_conversation(db, user, conversation_id).model)
     prompt = chat.add_user_turn(db, user, conversation_id, body.content, body.consent)
-    seed = secrets.randbelow(2**31)
+    seed = body.seed if body.seed is not None else secrets.randbelow(2**31 - 1)
     # Two samples with different seeds (the engine serialises generation itself).
     answers = [
         clean_response(engine.complete(prompt, max_new_tokens=body.max_new_tokens,
