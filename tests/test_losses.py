@@ -23,8 +23,10 @@ from tiller.losses import (
     masked_mean,
     masked_var,
     masked_whiten,
+    pair_preferences,
     ppo_policy_loss,
     ppo_value_loss,
+    preference_loss,
     ranking_loss,
     ranks_from_groups,
     reinforce_loss,
@@ -178,6 +180,30 @@ def test_ranking_loss_kwise_equals_mean_of_pairs():
         torch.ones(6, 2, dtype=torch.bool),
     )
     assert kwise.item() == pytest.approx(pw.item())  # each pair weighted 1/C(4,2) = 1/6
+
+
+def test_pair_preferences_by_hand():
+    # labeler A: 0 > 1 = 2; labeler B: 1 > 0 > 2
+    p = pair_preferences([[[0], [1, 2]], [[1], [0], [2]]], 3)
+    assert p == [[0.0, 0.5, 1.0], [0.5, 0.0, 0.5], [0.0, 0.0, 0.0]]
+    assert pair_preferences([[[1], [0]]], 2) == [[0.0, 0.0], [1.0, 0.0]]
+
+
+def test_preference_loss_is_the_mean_of_the_labelers_ranking_losses():
+    # the same K=3 responses ranked by two labelers: A says 0 > 1 = 2, B says 1 > 0 > 2
+    s = [1.0, 0.0, -1.0]
+    a = -(ls(1.0) + ls(2.0)) / 3  # pairs (0,1), (0,2); the tie forms none
+    b = -(ls(-1.0) + ls(1.0) + ls(2.0)) / 3  # pairs (1,0), (1,2), (0,2)
+    prefs = torch.tensor([pair_preferences([[[0], [1, 2]], [[1], [0], [2]]], 3)], dtype=torch.float64)
+    loss, stats = preference_loss(torch.tensor([s], dtype=torch.float64), prefs, torch.ones(1, 3, dtype=torch.bool))
+    assert loss.item() == pytest.approx((a + b) / 2)
+    # accuracy against the labels: A's 2 pairs both right, B's (1,0) wrong and 2 right -> 4 of 5
+    assert stats["n_pairs"].item() == pytest.approx(2.5) and stats["accuracy"].item() == pytest.approx(4 / 5)
+    # with one labeler it is ranking_loss
+    one = torch.tensor([pair_preferences([[[1], [0], [2]]], 3)], dtype=torch.float64)
+    got, _ = preference_loss(torch.tensor([s], dtype=torch.float64), one, torch.ones(1, 3, dtype=torch.bool))
+    want, _ = _rl(s, [1, 0, 2])
+    assert got.item() == pytest.approx(want.item()) == pytest.approx(b)
 
 
 def test_ranking_loss_padding_ignored():

@@ -35,6 +35,10 @@ def test_tiny_loop_writes_a_report_and_resumes(tmp_path):
         rewards = json.loads((rd / policy / "tiller-manifest.json").read_text())["config"]["rewards"]
         assert [(x["path"], x["role"]) for x in rewards] == [(str(rd / f"rm-r{r}"), "sum"),
                                                              (str(rd / f"rm-harmless-r{r}"), "penalty")]
+    # the RMs are ensembles of two; round 2 ranks 2 answers of the newest policy beside 2 of SFT
+    assert all((rd / f"rm-r{r}" / "members" / "1" / "tiller-reward.json").is_file() for r in (1, 2))
+    r2 = [json.loads(line) for line in (rd / "data" / "samples-r2.jsonl").read_text().splitlines()]
+    assert {x["policy"] for x in r2} == {f"{rd / 'policy-r1'}:2+{rd / 'sft'}:2"}
     results = json.loads((rd / "report" / "results.json").read_text())
     assert results["policies"]["final"] == str(rd / "policy-r2")
     # every stage is up to date: the rerun only evaluates again, and evaluation is seeded

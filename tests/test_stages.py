@@ -92,6 +92,43 @@ def test_default_scorer_matches_training_truncation(banana_rm, tiny_world_dir):
     assert abs(sum(scores) / len(scores)) < 1e-4
 
 
+def test_rm_ensemble_over_merged_labelers(tiny_base_dir, tiny_world_dir, tmp_path):
+    """Three labelers per prompt, one of whom always reverses the rule: rankings of one response set train as
+    one item with 2/3 targets, and an ensemble of two scores with the mean of its members."""
+    from tiller.models import ScalarModel, load_tokenizer, reward_members
+    from tiller.scoring import RewardScorer
+    from tiller.stages.reward import RMConfig, train_rm
+
+    records = []
+    for r in banana_rankings(300, 4, seed=1):
+        good, bad = r.ranking
+        records += [Ranking(r.prompt, r.responses, [good, bad], f"sim-{n}", id=r.id) for n in (0, 1)]
+        records.append(Ranking(r.prompt, r.responses, [bad, good], "contrarian", id=r.id))
+    write_jsonl(tmp_path / "rankings.jsonl", records)
+    cfg = RMConfig(epochs=2, lr=2e-3, batch_size=16, max_len=64, valid_fraction=0.2, ensemble=2, report_to=[])
+    m = train_rm(cfg, str(tiny_base_dir), [tmp_path / "rankings.jsonl"], tiny_world_dir / "demos.jsonl",
+                 tmp_path / "rm", tmp_path / "logs")
+    assert m["train/rankings"] == 720 and m["train/items"] == 240  # three labels, one forward per response
+    # against individual labels the best possible is 2/3 (the contrarian is always wrong), the rule reversed 1/3
+    assert 0.6 <= m["eval/accuracy"] <= 2 / 3 + 1e-6, m
+    assert all(0.6 <= m[f"eval/accuracy_member{i}"] for i in (0, 1)), m
+    members = reward_members(tmp_path / "rm")
+    assert members == [tmp_path / "rm", tmp_path / "rm" / "members" / "1"]
+    p = "Say something, number 1."
+    prompts, texts = [p, p, p], ["red banana cat", "red cat", "fish moon banana"]
+    tok = load_tokenizer(tmp_path / "rm")
+    each = [RewardScorer.from_model(ScalarModel.from_pretrained(d, tok), tok, max_len=64).score(prompts, texts)
+            for d in members]
+    assert RewardScorer(str(members[1])).score(prompts, texts) == pytest.approx(each[1], abs=1e-6)  # an RM itself
+    assert each[0] != each[1]  # different data orders give different models
+    assert RewardScorer(str(tmp_path / "rm")).score(prompts, texts) == pytest.approx(
+        [(a + b) / 2 for a, b in zip(*each, strict=True)], abs=1e-5)
+    # uncertainty-weighted: mean minus the members' (population) std, which for two members is |a - b| / 2
+    assert RewardScorer(str(tmp_path / "rm"), uncertainty=1.0).score(prompts, texts) == pytest.approx(
+        [(a + b) / 2 - abs(a - b) / 2 for a, b in zip(*each, strict=True)], abs=1e-5)
+    assert each[0][0] > each[0][1] and each[1][0] > each[1][1]
+
+
 def test_sft_lowers_response_loss_and_skips_when_done(tiny_base_dir, tiny_world_dir, tmp_path):
     from tiller.models import load_policy
     from tiller.stages.sft import SFTConfig, encode_demos, eval_loss, sft
@@ -162,3 +199,46 @@ def test_sample_then_label_with_world_labelers(tiny_base_dir, tiny_world_dir, tm
         mine = [x for x in records if x.id == s.id]
         assert len(mine) == 2 and mine[0].labeler != mine[1].labeler
         assert all(x.responses == s.responses for x in mine)
+
+
+def test_sample_mixes_answers_from_a_second_policy(tiny_base_dir, tiny_world_dir, tmp_path):
+    """mix_k of the K answers come from mix_with, after the policy's own, each as that policy alone samples."""
+    import torch
+
+    from tiller.models import load_policy
+    from tiller.rollout import generate
+    from tiller.stages.sample import SampleConfig, sample
+
+    model, tok = load_policy(str(tiny_base_dir))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))  # another policy, so its answers differ
+    other = tmp_path / "other"
+    model.save_pretrained(other)
+    tok.save_pretrained(other)
+    prompts = tiny_world_dir / "prompts.jsonl"
+    base = SampleConfig(n_prompts=4, max_new_tokens=8, batch_size=16, seed=3)
+    sample(SampleConfig(**{**vars(base), "k": 3, "mix_with": str(other), "mix_k": 1}), str(tiny_base_dir), prompts,
+           tmp_path / "mixed.jsonl")
+    sample(SampleConfig(**{**vars(base), "k": 2}), str(tiny_base_dir), prompts, tmp_path / "own.jsonl")
+    mixed, own = (read_records(tmp_path / f, "sample", allow_empty=True) for f in ("mixed.jsonl", "own.jsonl"))
+    assert [s.id for s in mixed] == [s.id for s in own]
+    assert [m.responses[:2] for m in mixed] == [o.responses for o in own]
+    theirs = generate(*load_policy(str(other)), [m.prompt for m in mixed], n=1, temperature=1.0, max_new_tokens=8,
+                      batch_size=16, seed=3).texts
+    assert [m.responses[2] for m in mixed] == theirs
+    assert mixed[0].policy == f"{tiny_base_dir}:2+{other}:1"
+    assert [m.responses[2] for m in mixed] != [o.responses[0] for o in own]
+
+
+def test_to_items_merges_rankings_of_the_same_responses():
+    from tiller.stages.reward import to_items
+
+    a = Ranking("p", ["x", "y", "z"], [[0], [1, 2]], "sim-0")
+    b = Ranking("p", ["x", "y", "z"], [[1], [0], [2]], "sim-1")
+    c = Ranking("p", ["x", "y", "w"], [[2], [0, 1]], "sim-0")  # other responses: its own item
+    items = to_items([a, b, c], merge=True)
+    assert [it.n_labels for it in items] == [2, 1]
+    assert items[0].prefs == [[0.0, 0.5, 1.0], [0.5, 0.0, 0.5], [0.0, 0.0, 0.0]]
+    assert items[1].prefs == [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 0.0]]
+    assert [it.n_labels for it in to_items([a, b, c], merge=False)] == [1, 1, 1]

@@ -103,26 +103,55 @@ def ranking_loss(scores: Tensor, ranks: Tensor, valid: Tensor) -> tuple[Tensor, 
     K_b < 2 are left out of the mean over records; a record with K_b >= 2 and only ties adds 0.
     """
     valid = valid.bool()
+    both = valid.unsqueeze(2) & valid.unsqueeze(1)
+    pairs = (ranks.unsqueeze(2) < ranks.unsqueeze(1)) & both  # (B,K,K): i ranked above j
+    return preference_loss(scores, pairs.to(scores.dtype), valid)
+
+
+def preference_loss(scores: Tensor, prefs: Tensor, valid: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """``ranking_loss`` with soft pair targets: the mean of several labelers' ranking losses in one pass.
+
+    prefs (B,K,K): prefs[b,i,j] = share of the item's labelers who ranked i above j (0 where nobody did,
+    and on padding). loss_b = -1/C(K_b,2) * sum_{i,j} prefs_ij log sigmoid(s_i - s_j), which is linear in
+    prefs, so it equals the mean of ``ranking_loss`` over the item's L rankings exactly, while every
+    response goes through the model once instead of L times. With one ranking, prefs is 0/1 and this is
+    ``ranking_loss``. Stats weigh each pair by its share of labelers (accuracy against the labels).
+    """
+    valid = valid.bool()
     s = scores.masked_fill(~valid, 0.0)  # padding may hold NaN/inf; keep it out of the graph
     diff = s.unsqueeze(2) - s.unsqueeze(1)  # (B,K,K): s_i - s_j
     both = valid.unsqueeze(2) & valid.unsqueeze(1)
-    pairs = (ranks.unsqueeze(2) < ranks.unsqueeze(1)) & both  # (B,K,K): i ranked above j
+    w = torch.where(both, prefs.to(s.dtype), 0.0)
     k_b = valid.sum(1).to(s.dtype)
     n_comb = k_b * (k_b - 1) / 2
-    per_record = -torch.where(pairs, F.logsigmoid(diff), 0.0).sum((1, 2)) / n_comb.clamp_min(1.0)
+    per_record = -(w * F.logsigmoid(diff)).sum((1, 2)) / n_comb.clamp_min(1.0)
     keep = k_b >= 2
     loss = per_record[keep].mean() if bool(keep.any()) else s.sum() * 0.0
 
     with torch.no_grad():
-        pf = pairs.to(s.dtype)
-        n_pairs = pf.sum()
+        n_pairs = w.sum()
         wins = (diff > 0).to(s.dtype) + 0.5 * (diff == 0).to(s.dtype)
         stats = {
-            "accuracy": (wins * pf).sum() / n_pairs.clamp_min(1.0),
+            "accuracy": (wins * w).sum() / n_pairs.clamp_min(1.0),
             "n_pairs": n_pairs,
-            "margin": (diff * pf).sum() / n_pairs.clamp_min(1.0),
+            "margin": (diff * w).sum() / n_pairs.clamp_min(1.0),
         }
     return loss, stats
+
+
+def pair_preferences(rankings: list[list[list[int]]], k: int) -> list[list[float]]:
+    """K x K matrix: share of ``rankings`` (groups, best first) that put response i above response j.
+
+    ``[[[0], [1, 2]], [[1], [0], [2]]]`` -> row 0 = [0, .5, 1]: both put 0 above 2, one put 0 above 1.
+    A tie adds to neither direction, as in ``ranking_loss``."""
+    prefs = [[0.0] * k for _ in range(k)]
+    for groups in rankings:
+        r = ranks_from_groups(groups, k)
+        for i in range(k):
+            for j in range(k):
+                if r[i] < r[j]:
+                    prefs[i][j] += 1.0 / len(rankings)
+    return prefs
 
 
 def ranks_from_groups(groups: list[list[int]], k: int) -> list[int]:

@@ -25,6 +25,14 @@ from tiller.losses import last_token_index
 
 PAD = "<|pad|>"
 REWARD_FILE = "tiller-reward.json"
+MEMBERS_DIR = "members"  # an ensemble RM keeps members 1.. here; member 0 is the folder itself
+
+
+def reward_members(path: str | Path) -> list[Path]:
+    """The folders of an RM's members: ``[path]`` for a single RM, ``[path, path/members/1, ...]`` else."""
+    meta = Path(path) / REWARD_FILE
+    extra = json.loads(meta.read_text()).get("members", []) if meta.is_file() else []
+    return [Path(path), *(Path(path) / m for m in extra)]
 
 
 def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:

@@ -51,6 +51,10 @@ class RunConfig:
     later_rounds_from: Literal["sft", "previous"] = field(
         "sft", help="where RL of rounds after the first starts: the SFT model (each round's policy is trained "
                     "afresh against a better RM, as InstructGPT's PPO models were) or the previous round's policy")
+    later_rounds_sft_k: int = field(
+        0, help="in rounds after the first, this many of the K answers per prompt come from the SFT model and the "
+                "rest from the newest policy, so the new comparisons also contrast the policy's habits with what it "
+                "left behind (e.g. its refusals with SFT's compliance on harmful requests)")
     rule_rm_flags: list[str] = field(
         default_factory=list,
         help="Sparrow's rule RM: each round also trains a harmlessness RM from these labeler flags (flagged "
@@ -115,6 +119,8 @@ def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
     for r in range(1, cfg.rounds + 1):
         samples = data / f"samples-r{r}.jsonl"
         s_cfg = replace(cfg.sample, seed=cfg.sample.seed + r)
+        if r > 1 and cfg.later_rounds_sft_k:
+            s_cfg = replace(s_cfg, mix_with=sft_dir, mix_k=cfg.later_rounds_sft_k)
         timer(f"sample-r{r}", sample, s_cfg, policy, prompts, samples, force)
         ranked = data / f"rankings-r{r}.jsonl"
         l_cfg = replace(cfg.label, world=cfg.label.world or str(wd), seed=cfg.label.seed + r)

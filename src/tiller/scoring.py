@@ -19,7 +19,7 @@ import torch
 
 from tiller.batching import batch, encode_prompt, encode_response, join
 from tiller.config import ConfigError, field
-from tiller.models import REWARD_FILE, ScalarModel, default_device, load_tokenizer
+from tiller.models import REWARD_FILE, ScalarModel, default_device, load_tokenizer, reward_members
 
 
 def score_sorted(model: ScalarModel, seqs: list[list[int]], pad_id: int, device, chunk: int = 16) -> torch.Tensor:
@@ -32,28 +32,34 @@ def score_sorted(model: ScalarModel, seqs: list[list[int]], pad_id: int, device,
 
 
 class RewardScorer:
-    """A trained reward model; ``score`` returns normalised scores ``gain * (raw + bias)``."""
+    """A trained reward model; ``score`` returns normalised scores ``gain * (raw + bias)``.
 
-    def __init__(self, path: str, device: str | None = None, batch_size: int = 64, max_len: int | None = None):
+    An ensemble RM (``RMConfig.ensemble``) scores with the mean of its members' normalised scores, minus
+    ``uncertainty`` times their standard deviation: where the members disagree the answer is probably
+    outside what they learned, which is where RL finds exploits (Coste et al. 2023's uncertainty-weighted
+    optimisation)."""
+
+    def __init__(self, path: str, device: str | None = None, batch_size: int = 64, max_len: int | None = None,
+                 uncertainty: float = 0.0):
         tok = load_tokenizer(path)
-        model = ScalarModel.from_pretrained(path, tok)
+        models = [ScalarModel.from_pretrained(m, tok).to(device or default_device()) for m in reward_members(path)]
         if max_len is None:  # score with the truncation the RM was trained (and its bias set) with
             meta = Path(path) / REWARD_FILE
             max_len = json.loads(meta.read_text()).get("max_len", 256) if meta.is_file() else 256
-        model.to(device or default_device())
-        self._init(model, tok, batch_size, max_len)
-        self.path = path
+        self._init(models, tok, batch_size, max_len)
+        self.path, self.uncertainty = path, uncertainty
 
     @classmethod
     def from_model(cls, model: ScalarModel, tok, batch_size: int = 64, max_len: int = 256) -> RewardScorer:
         """Score with a model already in memory (e.g. right after training it)."""
         scorer = cls.__new__(cls)
-        scorer._init(model, tok, batch_size, max_len)
-        scorer.path = "<in memory>"
+        scorer._init([model], tok, batch_size, max_len)
+        scorer.path, scorer.uncertainty = "<in memory>", 0.0
         return scorer
 
-    def _init(self, model: ScalarModel, tok, batch_size: int, max_len: int) -> None:
-        self.model, self.tok = model.eval(), tok
+    def _init(self, models: list[ScalarModel], tok, batch_size: int, max_len: int) -> None:
+        self.models, self.tok = [m.eval() for m in models], tok
+        self.model = self.models[0]
         self.batch_size, self.max_len = batch_size, max_len
 
     def encode(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[list[int]]:
@@ -61,15 +67,22 @@ class RewardScorer:
                 for p, r in zip(prompts, responses, strict=True)]
 
     @torch.no_grad()
-    def raw_scores(self, prompts: Sequence[Any], responses: Sequence[str]) -> torch.Tensor:
-        seqs = self.encode(prompts, responses)
+    def _raw(self, seqs: list[list[int]], member: int) -> torch.Tensor:
         if not seqs:
             return torch.zeros(0)
-        device = next(self.model.parameters()).device
-        return score_sorted(self.model, seqs, self.tok.pad_token_id, device, chunk=self.batch_size).cpu()
+        model = self.models[member]
+        device = next(model.parameters()).device
+        return score_sorted(model, seqs, self.tok.pad_token_id, device, chunk=self.batch_size).cpu()
+
+    def raw_scores(self, prompts: Sequence[Any], responses: Sequence[str], member: int = 0) -> torch.Tensor:
+        return self._raw(self.encode(prompts, responses), member)
 
     def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
-        return self.model.normalise(self.raw_scores(prompts, responses)).tolist()
+        seqs = self.encode(prompts, responses)
+        per_member = torch.stack([m.normalise(self._raw(seqs, i)) for i, m in enumerate(self.models)])
+        if self.uncertainty and len(self.models) > 1:
+            return (per_member.mean(0) - self.uncertainty * per_member.std(0, correction=0)).tolist()
+        return per_member.mean(0).tolist()
 
 
 class FunctionScorer:
@@ -111,6 +124,7 @@ class RewardSource:
     role: Literal["sum", "penalty", "gate"] = field("sum", help="sum; penalty: add weight*min(0, s-threshold); gate")
     threshold: float = field(0.0, help="for penalty and gate")
     gate_reward: float = field(-5.0, help="reward given when a gate source scores below threshold")
+    uncertainty: float = field(0.0, help="an ensemble RM: subtract this times its members' std (Coste et al. 2023)")
 
     def validate(self) -> None:
         if not self.path:
@@ -119,7 +133,7 @@ class RewardSource:
 
 def make_scorer(src: RewardSource, device: str | None = None):
     if src.kind == "rm":
-        return RewardScorer(src.path, device=device)
+        return RewardScorer(src.path, device=device, uncertainty=src.uncertainty)
     if src.kind == "python":
         return FunctionScorer(src.path)
     return HTTPScorer(src.path)

@@ -1,7 +1,7 @@
 """The end of ``tiller run``: every policy of the run judged on held-out prompts by the gold labeler.
 
 Win rates answer the questions the report asks (did RLHF beat SFT and the base model? did ptx pay the
-alignment tax back? did round 2 beat round 1?); Elo ranks every checkpoint from all pairwise judgements.
+alignment tax back? did each round beat the one before?); Elo ranks every checkpoint from all pairwise judgements.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ COMPARISONS = [  # (name in the report, policy A, policy B)
     ("ppo-ptx vs ppo", "ppo-ptx-r1", "ppo-noptx-r1"),
     ("ppo-ptx vs bon", "ppo-ptx-r1", "bon-r1"),
     ("round 2 vs round 1", "ppo-ptx-r2", "ppo-ptx-r1"),
+    ("round 3 vs round 2", "ppo-ptx-r3", "ppo-ptx-r2"),
 ]
 
 

@@ -93,6 +93,8 @@ class PPOConfig:
     ptx_block: int = field(128, help="pretraining sequence length")
     ema_decay: float = field(0.0, help="EMA of policy weights saved as the result (InstructGPT: 0.992; 0: off)")
     rewards: list[RewardSource] = field(default_factory=list, help="reward sources (default: the run's RM)")
+    rm_uncertainty: float = field(0.0, help="with an ensemble RM (and no rewards=[...]): reward = mean - this * std "
+                                            "of the members' scores (Coste et al. 2023)")
     prompt_split: str = field("train", help="split of prompts.jsonl to train on")
     eval_every: int = field(10, help="iterations between evaluation points of the reward/KL curve (0: end only)")
     eval_prompts: int = field(64, help="held-out prompts (valid split) answered at each evaluation point")
@@ -152,7 +154,8 @@ def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Pat
               rm_path: str | None = None, ptx_corpus: Path | None = None, gold_fn: GoldFn | None = None,
               force: bool = False) -> dict:
     """Run RL from ``policy_path`` against the reward sources; writes the policy to ``out``."""
-    sources = cfg.rewards or ([RewardSource(kind="rm", path=rm_path, name="rm")] if rm_path else [])
+    sources = cfg.rewards or ([RewardSource(kind="rm", path=rm_path, name="rm", uncertainty=cfg.rm_uncertainty)]
+                              if rm_path else [])
     if not sources:
         raise ConfigError("ppo needs a reward: pass --rm PATH or rewards=[...] in the config")
     inputs = {"policy": policy_path, "ref": ref_path, "prompts": prompts_path,
@@ -172,7 +175,7 @@ def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Pat
     disable_dropout(policy)
     reward = CompositeReward(sources)
     value_model = None
-    if cfg.algo == "ppo":  # value function initialised from the (first) reward model
+    if cfg.algo == "ppo":  # value function initialised from the (first) reward model; of an ensemble, member 0
         init = next(s.path for s in sources if s.kind == "rm") if any(s.kind == "rm" for s in sources) else policy_path
         value_model = ScalarModel.from_pretrained(init, tok)
         disable_dropout(value_model)

@@ -2,9 +2,13 @@
 
 All K responses of one ranking go through the model as one batch element, so each response costs one
 forward pass and all C(K,2) comparisons of a prompt share a gradient step (InstructGPT: shuffling pairs
-as separate data points overfits and costs K-1 forwards per response). After training a bias is set so
-demonstrations score mean 0, and optionally a gain so that the responses in the rankings (policy
-samples) have standard deviation 1; both are stored with the checkpoint and applied whenever it scores.
+as separate data points overfits and costs K-1 forwards per response). When several labelers ranked the
+same responses, their rankings train as one element whose pair targets are the labelers' shares
+(``preference_loss``): the same loss as one element per ranking, at one forward per response instead of
+one per labeler. After training a bias is set so demonstrations score mean 0, and optionally a gain so
+that the responses in the rankings (policy samples) have standard deviation 1; both are stored with the
+checkpoint and applied whenever it scores. ``ensemble: N`` trains N such models in different data orders
+and scores with their mean (``scoring.RewardScorer``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,8 +28,8 @@ from tiller.chat import prompt_key
 from tiller.config import ConfigError, field
 from tiller.data import Ranking, read_records
 from tiller.data.agreement import pairwise_agreement
-from tiller.losses import ranking_loss, ranks_from_groups
-from tiller.models import ScalarModel, load_tokenizer
+from tiller.losses import pair_preferences, preference_loss
+from tiller.models import MEMBERS_DIR, ScalarModel, load_tokenizer
 from tiller.runs import atomic_dir, fingerprint, is_done, read_manifest, write_manifest
 from tiller.scoring import RewardScorer, score_sorted
 from tiller.tracking import Tracker
@@ -42,17 +47,23 @@ from tiller.training import (
 class RMConfig:
     epochs: int = field(1, help="passes over the rankings (InstructGPT: 1; more overfits)")
     lr: float = field(3e-4, help="peak learning rate (cosine schedule)")
-    batch_size: int = field(16, help="ranking records per step (each holds K responses)")
+    batch_size: int = field(16, help="items per step (an item: one prompt's K responses and its rankings)")
+    merge_labelers: bool = field(True, help="one item per set of responses, targets averaged over its labelers "
+                                            "(false: one item per ranking record; same loss, L times the forwards)")
     max_len: int = field(160, help="prompt+response tokens per response")
     weight_decay: float = field(0.0, help="AdamW weight decay")
     valid_fraction: float = field(0.15, help="share of PROMPTS held out (all labelers' rankings of one prompt together)")
     label_source: str = field("ranking", help="'ranking', or 'flags:F1,F2' to rank unflagged above flagged answers (a rule RM)")
     normalize_std: bool = field(False, help="also set a gain so ranked responses score with std 1")
+    ensemble: int = field(1, help="reward models trained on the same data in different orders; their scores "
+                                  "average (Coste et al. 2023: ensembles are more accurate and curb overoptimisation)")
     allow_empty: bool = field(False, help="accept empty responses (model samples, HH-RLHF's empty replies)")
     seed: int = field(0, help="random seed")
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], help="trackers")
 
     def validate(self) -> None:
+        if self.ensemble < 1:
+            raise ConfigError("ensemble must be >= 1")
         if self.label_source != "ranking" and not self.label_source.startswith("flags:"):
             raise ConfigError("label_source must be 'ranking' or 'flags:F1,F2,...'")
 
@@ -77,8 +88,30 @@ def split_by_prompt(records: list[Ranking], fraction: float, seed: int) -> tuple
     return [r for r in records if prompt_key(r.prompt) not in held], [r for r in records if prompt_key(r.prompt) in held]
 
 
-def encode_records(tok, records: list[Ranking], max_len: int) -> list[list[list[int]]]:
-    """Token ids of every response of every record, prompt encoded once per record."""
+@dataclass
+class RankedItem:
+    """One training element: K responses to a prompt and the share of labelers preferring i to j."""
+
+    prompt: Any
+    responses: list[str]
+    prefs: list[list[float]]
+    n_labels: int = 1
+
+
+def to_items(records: list[Ranking], merge: bool) -> list[RankedItem]:
+    """Ranking records -> items; ``merge`` joins every ranking of the same prompt and responses.
+
+    Targets are the labelers' shares, not a majority vote: majority targets (with or without dropping
+    pairs that labelers split on) were no better on the default run (docs/results.md)."""
+    groups: dict[Any, list[Ranking]] = {}
+    for n, r in enumerate(records):
+        groups.setdefault((prompt_key(r.prompt), tuple(r.responses)) if merge else n, []).append(r)
+    return [RankedItem(rs[0].prompt, rs[0].responses, pair_preferences([r.ranking for r in rs], len(rs[0].responses)),
+                       len(rs)) for rs in groups.values()]
+
+
+def encode_records(tok, records: list[Ranking] | list[RankedItem], max_len: int) -> list[list[list[int]]]:
+    """Token ids of every response of every record or item, prompt encoded once per record."""
     out = []
     for r in records:
         p = encode_prompt(tok, r.prompt)
@@ -86,54 +119,68 @@ def encode_records(tok, records: list[Ranking], max_len: int) -> list[list[list[
     return out
 
 
-def forward_records(model: ScalarModel, seqs: list[list[list[int]]], records: list[Ranking], pad_id: int, device):
-    """Scores (B, K_max), ranks (B, K_max), valid (B, K_max) for a batch of ranking records."""
+def forward_items(model: ScalarModel, seqs: list[list[list[int]]], items: list[RankedItem], pad_id: int, device):
+    """Scores (B, K_max), pair targets (B, K_max, K_max), valid (B, K_max) for a batch of items."""
     k_max = max(len(s) for s in seqs)
     raw = score_sorted(model, [x for s in seqs for x in s], pad_id, device)
     scores = torch.zeros(len(seqs), k_max, device=device)
-    ranks = torch.zeros(len(seqs), k_max, dtype=torch.long, device=device)
+    prefs = torch.zeros(len(seqs), k_max, k_max, device=device)
     valid = torch.zeros(len(seqs), k_max, dtype=torch.bool, device=device)
     i = 0
-    for row, (s, r) in enumerate(zip(seqs, records, strict=True)):
+    for row, (s, item) in enumerate(zip(seqs, items, strict=True)):
         k = len(s)
         scores[row, :k] = raw[i : i + k]
-        ranks[row, :k] = torch.tensor(ranks_from_groups(r.ranking, k), device=device)
+        prefs[row, :k, :k] = torch.tensor(item.prefs, device=device)
         valid[row, :k] = True
         i += k
-    return scores, ranks, valid
+    return scores, prefs, valid
 
 
 @torch.no_grad()
-def evaluate(model: ScalarModel, tok, records: list[Ranking], max_len: int, batch_size: int) -> dict:
-    """Held-out pairwise accuracy and loss against the labels, plus a calibration table."""
-    model.eval()
-    device = next(model.parameters()).device
-    seqs = encode_records(tok, records, max_len)
-    loss_sum, correct, pairs, n = 0.0, 0.0, 0, 0
-    probs = []
-    for i in range(0, len(records), batch_size):
-        scores, ranks, valid = forward_records(model, seqs[i : i + batch_size], records[i : i + batch_size],
-                                               tok.pad_token_id, device)
-        loss, stats = ranking_loss(scores, ranks, valid)
-        loss_sum += loss.item() * len(scores)
-        n += len(scores)
-        correct += float(stats["accuracy"]) * int(stats["n_pairs"])
-        pairs += int(stats["n_pairs"])
-        better = (ranks[:, :, None] < ranks[:, None, :]) & valid[:, :, None] & valid[:, None, :]
-        diff = scores[:, :, None] - scores[:, None, :]
-        probs.append(torch.sigmoid(diff[better]).cpu())  # P(labelled winner wins) under the RM
-    model.train()
-    p = torch.cat(probs) if probs else torch.zeros(0)
+def evaluate(models: list[ScalarModel], tok, records: list[Ranking], max_len: int) -> dict:
+    """Held-out pairwise accuracy and loss against each labeler's ranking, plus a calibration table.
+
+    Each distinct response set is scored once per member, however many labelers ranked it. An ensemble
+    is scored by the mean of its members' raw scores (the loss sees only differences); with more than one
+    member, each member's own accuracy is reported too."""
+    sets = to_items(records, merge=True)
+    where = {(prompt_key(s.prompt), tuple(s.responses)): n for n, s in enumerate(sets)}
+    flat = [x for seqs in encode_records(tok, sets, max_len) for x in seqs]
+    per_member = []
+    for m in models:
+        m.eval()
+        per_member.append(score_sorted(m, flat, tok.pad_token_id, next(m.parameters()).device).cpu())
+    k_max = max(len(r.responses) for r in records)
+    offsets = [0]
+    for s in sets:
+        offsets.append(offsets[-1] + len(s.responses))
+    prefs = torch.zeros(len(records), k_max, k_max)
+    valid = torch.zeros(len(records), k_max, dtype=torch.bool)
+    rows = []  # flat index of each record's responses, padded with 0
+    for n, r in enumerate(records):
+        k, at = len(r.responses), offsets[where[(prompt_key(r.prompt), tuple(r.responses))]]
+        prefs[n, :k, :k] = torch.tensor(pair_preferences([r.ranking], k))
+        valid[n, :k] = True
+        rows.append(list(range(at, at + k)) + [0] * (k_max - k))
+    index = torch.tensor(rows)
+    scores = torch.stack(per_member).mean(0)[index]
+    loss, stats = preference_loss(scores, prefs, valid)
+    diff = scores[:, :, None] - scores[:, None, :]
+    p = torch.sigmoid(diff[prefs > 0])  # P(labelled winner wins) under the RM
     # calibration: bin by the RM's confidence max(p, 1-p); observed = how often the RM's pick was the label's
     conf, hit = torch.maximum(p, 1 - p), (p > 0.5).float()
     table = []
     for lo in (0.5, 0.6, 0.7, 0.8, 0.9):
-        m = (conf >= lo) & (conf < lo + 0.1 if lo < 0.9 else conf <= 1.0)
-        if m.any():
-            table.append({"bin": f"{lo:.1f}-{lo + 0.1:.1f}", "n": int(m.sum()),
-                          "predicted": float(conf[m].mean()), "observed": float(hit[m].mean())})
-    return {"eval/accuracy": correct / max(pairs, 1), "eval/loss": loss_sum / max(n, 1), "eval/pairs": pairs,
-            "calibration": table}
+        sel = (conf >= lo) & (conf < lo + 0.1 if lo < 0.9 else conf <= 1.0)
+        if sel.any():
+            table.append({"bin": f"{lo:.1f}-{lo + 0.1:.1f}", "n": int(sel.sum()),
+                          "predicted": float(conf[sel].mean()), "observed": float(hit[sel].mean())})
+    out = {"eval/accuracy": float(stats["accuracy"]), "eval/loss": float(loss), "eval/pairs": int(stats["n_pairs"]),
+           "calibration": table}
+    if len(models) > 1:
+        for i, member in enumerate(per_member):
+            out[f"eval/accuracy_member{i}"] = float(preference_loss(member[index], prefs, valid)[1]["accuracy"])
+    return out
 
 
 def labeler_agreement(records: list[Ranking]) -> float | None:
@@ -150,7 +197,7 @@ def labeler_agreement(records: list[Ranking]) -> float | None:
     return agree / total if total else None
 
 
-def set_normalisation(model: ScalarModel, tok, demos: list, ranked: list[Ranking], max_len: int, std: bool) -> dict:
+def set_normalisation(model: ScalarModel, tok, demos: list, ranked: list[RankedItem], max_len: int, std: bool) -> dict:
     """bias = -mean raw score of demonstrations; gain = 1/std of raw scores of ranked responses."""
     scorer = RewardScorer.from_model(model, tok, max_len=max_len)
     if demos:
@@ -160,6 +207,34 @@ def set_normalisation(model: ScalarModel, tok, demos: list, ranked: list[Ranking
         raw = scorer.raw_scores([r.prompt for r in ranked for _ in r.responses], [x for r in ranked for x in r.responses])
         model.gain = 1.0 / max(float(raw.std()), 1e-6)
     return {"rm/bias": model.bias, "rm/gain": model.gain}
+
+
+def _train_member(cfg: RMConfig, m: int, model_path: str, tok, items: list[RankedItem], seqs, steps: int,
+                  tracker: Tracker, bar) -> ScalarModel:
+    """One reward model; member ``m`` of an ensemble differs from the others by its seed (data order)."""
+    set_seed(cfg.seed + m)
+    model = ScalarModel.from_pretrained(model_path, tok)
+    acc = make_accelerator()
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    sched = cosine_schedule(opt, steps, warmup_ratio=0.05)
+    model, opt, sched = acc.prepare(model, opt, sched)
+    rng, step, tag = random.Random(cfg.seed + m), 0, f"member{m}/" if cfg.ensemble > 1 else ""
+    model.train()
+    for _ in range(cfg.epochs):
+        order = list(range(len(items)))
+        rng.shuffle(order)
+        for i in range(0, len(order), cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            scores, prefs, valid_mask = forward_items(model, [seqs[j] for j in idx], [items[j] for j in idx],
+                                                      tok.pad_token_id, acc.device)
+            loss, stats = preference_loss(scores, prefs, valid_mask)
+            optimizer_step(acc, model, loss, opt, sched)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{float(stats['accuracy']):.2f}")
+            tracker.log({f"{tag}loss/train": loss.item(), f"{tag}train/accuracy": float(stats["accuracy"]),
+                         f"{tag}train/margin": float(stats["margin"])}, step)
+    return acc.unwrap_model(model)
 
 
 def train_rm(cfg: RMConfig, model_path: str, rankings: list[Path], demos_path: Path | None, out: Path,
@@ -180,48 +255,38 @@ def train_rm(cfg: RMConfig, model_path: str, rankings: list[Path], demos_path: P
     train, valid = split_by_prompt(records, cfg.valid_fraction, cfg.seed)
     if not train:
         raise ConfigError(f"no rankings left to train on after holding out valid_fraction={cfg.valid_fraction}")
+    items = to_items(train, cfg.merge_labelers)
     tok = load_tokenizer(model_path)
-    model = ScalarModel.from_pretrained(model_path, tok)
-    acc = make_accelerator()
-    steps = math.ceil(len(train) / cfg.batch_size) * cfg.epochs
-    opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    sched = cosine_schedule(opt, steps, warmup_ratio=0.05)
-    model, opt, sched = acc.prepare(model, opt, sched)
-    seqs = encode_records(tok, train, cfg.max_len)
+    seqs = encode_records(tok, items, cfg.max_len)
     tracker = Tracker(log_dir, f"rm-{out.name}", cfg.report_to)
-    rng, step, start = random.Random(cfg.seed), 0, time.time()
-    bar = progress(steps, f"reward model ({len(train)} rankings)")
-    model.train()
-    for _ in range(cfg.epochs):
-        order = list(range(len(train)))
-        rng.shuffle(order)
-        for i in range(0, len(order), cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            scores, ranks, valid_mask = forward_records(model, [seqs[j] for j in idx], [train[j] for j in idx],
-                                                        tok.pad_token_id, acc.device)
-            loss, stats = ranking_loss(scores, ranks, valid_mask)
-            optimizer_step(acc, model, loss, opt, sched)
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{float(stats['accuracy']):.2f}")
-            tracker.log({"loss/train": loss.item(), "train/accuracy": float(stats["accuracy"]),
-                         "train/margin": float(stats["margin"])}, step)
+    start = time.time()
+    steps = math.ceil(len(items) / cfg.batch_size) * cfg.epochs
+    label = f"reward model ({len(train)} rankings of {len(items)} response sets)"
+    bar = progress(steps * cfg.ensemble, label if cfg.ensemble == 1 else f"{label}, ensemble of {cfg.ensemble}")
+    members = [_train_member(cfg, m, model_path, tok, items, seqs, steps, tracker, bar) for m in range(cfg.ensemble)]
     bar.close()
-    model = acc.unwrap_model(model)
-    metrics = {"train/rankings": len(train), "eval/rankings": len(valid), "seconds": time.time() - start,
+    metrics = {"train/rankings": len(train), "train/items": len(items), "eval/rankings": len(valid),
+               "seconds": time.time() - start,
                "pairs_per_s": sum(len(r.responses) * (len(r.responses) - 1) / 2 for r in train) * cfg.epochs
-               / max(time.time() - start, 1e-9)}
+               * cfg.ensemble / max(time.time() - start, 1e-9)}
     if valid:
-        metrics.update(evaluate(model, tok, valid, cfg.max_len, cfg.batch_size))
+        metrics.update(evaluate(members, tok, valid, cfg.max_len))
     agreement = labeler_agreement(records)
     if agreement is not None:
         metrics["data/labeler_agreement"] = agreement
     demos = read_records(demos_path, "demonstration", allow_empty=cfg.allow_empty) if demos_path else []
-    metrics.update(set_normalisation(model, tok, demos, train, cfg.max_len, cfg.normalize_std))
-    tracker.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step)
+    for m, member in enumerate(members):
+        norm = set_normalisation(member, tok, demos, to_items(train, merge=True), cfg.max_len, cfg.normalize_std)
+        metrics.update(norm if m == 0 else {f"{k}_member{m}": v for k, v in norm.items()})
+    tracker.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, steps)
     tracker.close()
     with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp, extra={"max_len": cfg.max_len})
+        # member 0 is the folder itself, so a single-RM reader (TRL, the value model's init) still loads it
+        extra = [f"{MEMBERS_DIR}/{m}" for m in range(1, len(members))]
+        members[0].save_pretrained(tmp, extra={"max_len": cfg.max_len, **({"members": extra} if extra else {})})
+        for sub, member in zip(extra, members[1:], strict=True):
+            member.save_pretrained(tmp / sub, extra={"max_len": cfg.max_len})
+            tok.save_pretrained(tmp / sub)  # each member is a reward model of its own
         tok.save_pretrained(tmp)
         write_manifest(tmp, stage="rm", fingerprint=fp, config=cfg, seed=cfg.seed, metrics=metrics,
                        inputs={k: str(v) for k, v in inputs.items()})

@@ -26,16 +26,22 @@ class SampleConfig:
     batch_size: int = field(64, help="sequences generated at once")
     dedupe: bool = field(False, help="drop sets whose K answers are all identical (nothing to rank)")
     seed: int = field(0, help="random seed (prompt choice and sampling)")
+    mix_with: str = field("", help="a second policy that writes mix_k of the K answers (e.g. the SFT model, so "
+                                   "comparisons contrast the newest policy with where it started)")
+    mix_k: int = field(0, help="answers per prompt from mix_with (0..k-1)")
 
     def validate(self) -> None:
         if not 2 <= self.k <= 9:
             raise ConfigError(f"k must be between 2 and 9, got {self.k}")
+        if not 0 <= self.mix_k < self.k or (self.mix_k and not self.mix_with):
+            raise ConfigError(f"mix_k must be in 0..k-1 and needs mix_with, got mix_k={self.mix_k}")
 
 
 def sample(cfg: SampleConfig, policy: str, prompts_path: Path, out: Path, force: bool = False) -> dict:
     """Write ``out`` (JSONL of SampleSet records) with K answers to each chosen prompt."""
     meta_dir = out.with_suffix(".manifest")
-    fp = fingerprint("sample", cfg, {"policy": policy, "prompts": prompts_path})
+    inputs = {"policy": policy, "prompts": prompts_path, **({"mix_with": cfg.mix_with} if cfg.mix_k else {})}
+    fp = fingerprint("sample", cfg, inputs)  # the second policy's content counts too, not only its path
     if out.is_file() and is_done(meta_dir, fp) and not force:
         return read_manifest(meta_dir)["metrics"]
     set_seed(cfg.seed)
@@ -45,22 +51,27 @@ def sample(cfg: SampleConfig, policy: str, prompts_path: Path, out: Path, force:
     random.Random(cfg.seed).shuffle(records)
     if cfg.n_prompts:
         records = records[: cfg.n_prompts]
-    model, tok = load_policy(policy)
     start = time.time()
-    ro = generate(model, tok, [r.prompt for r in records], n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
-                  max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed, show_progress=True)
+    sources = [(str(policy), cfg.k - cfg.mix_k)] + ([(cfg.mix_with, cfg.mix_k)] if cfg.mix_k else [])
+    answers, n_tokens, ended = [[] for _ in records], 0, []
+    for who, n in sources:
+        model, tok = load_policy(who)
+        ro = generate(model, tok, [r.prompt for r in records], n=n, temperature=cfg.temperature, top_p=cfg.top_p,
+                      max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed, show_progress=True)
+        for i in range(len(records)):
+            answers[i] += ro.texts[i * n : (i + 1) * n]  # an empty answer is kept: it is what the model said
+        n_tokens, ended = n_tokens + sum(len(x) for x in ro.response_ids), ended + list(ro.ended)
     sets = []
-    for i, r in enumerate(records):
-        responses = ro.texts[i * cfg.k : (i + 1) * cfg.k]  # an empty answer is kept: it is what the model said
+    for r, responses in zip(records, answers, strict=True):
         if cfg.dedupe and len(set(responses)) == 1:
             continue
-        sets.append(SampleSet(id=r.id, prompt=r.prompt, responses=responses, policy=str(policy),
+        sets.append(SampleSet(id=r.id, prompt=r.prompt, responses=responses,
+                              policy="+".join(f"{who}:{n}" for who, n in sources) if cfg.mix_k else str(policy),
                               user_id=r.user_id, family=r.family))
     write_jsonl(out, sets)
     seconds = time.time() - start
-    metrics = {"sets": len(sets), "k": cfg.k, "seconds": seconds,
-               "tokens_per_s": sum(len(x) for x in ro.response_ids) / max(seconds, 1e-9),
-               "ended_fraction": sum(ro.ended) / max(len(ro.ended), 1)}
+    metrics = {"sets": len(sets), "k": cfg.k, "seconds": seconds, "tokens_per_s": n_tokens / max(seconds, 1e-9),
+               "ended_fraction": sum(ended) / max(len(ended), 1)}
     write_manifest(meta_dir, stage="sample", fingerprint=fp, config=cfg, seed=cfg.seed, metrics=metrics,
-                   inputs={"policy": str(policy), "prompts": str(prompts_path)})
+                   inputs={k: str(v) for k, v in inputs.items()})
     return metrics
