@@ -59,7 +59,6 @@ class RewardScorer:
 
     def _init(self, models: list[ScalarModel], tok, batch_size: int, max_len: int) -> None:
         self.models, self.tok = [m.eval() for m in models], tok
-        self.model = self.models[0]
         self.batch_size, self.max_len = batch_size, max_len
 
     def encode(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[list[int]]:
