@@ -192,11 +192,11 @@ def rm_gold_accuracy(world, rm_dir: Path, rankings: list[Path], rm_cfg: RMConfig
 def _rm_gold_accuracy(world, rm_dir: Path, rankings: list[Path], rm_cfg: RMConfig) -> float:
     from tiller.data import read_records
     from tiller.scoring import RewardScorer
-    from tiller.stages.reward import split_by_prompt
+    from tiller.stages.reward import split_by_prompt, to_items
 
     records = [x for p in rankings for x in read_records(p, "ranking", allow_empty=True)]
     _, held_out = split_by_prompt(records, rm_cfg.valid_fraction, rm_cfg.seed)
-    items = list({(json.dumps(r.prompt), tuple(r.responses)): r for r in held_out}.values())  # each set once
+    items = to_items(held_out, merge=True)  # each answer set once, whatever the labelers
     flat = [(r.prompt, x) for r in items for x in r.responses]
     scores = RewardScorer(str(rm_dir)).score([p for p, _ in flat], [x for _, x in flat])  # one batched pass
     right, total, start = 0, 0, 0

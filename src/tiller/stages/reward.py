@@ -98,6 +98,11 @@ class RankedItem:
     n_labels: int = 1
 
 
+def answer_set(r: Ranking | RankedItem) -> tuple:
+    """What identifies one set of answers to rank: its prompt and its responses, in order."""
+    return prompt_key(r.prompt), tuple(r.responses)
+
+
 def to_items(records: list[Ranking], merge: bool) -> list[RankedItem]:
     """Ranking records -> items; ``merge`` joins every ranking of the same prompt and responses.
 
@@ -105,7 +110,7 @@ def to_items(records: list[Ranking], merge: bool) -> list[RankedItem]:
     pairs that labelers split on) were no better on the default run (docs/results.md)."""
     groups: dict[Any, list[Ranking]] = {}
     for n, r in enumerate(records):
-        groups.setdefault((prompt_key(r.prompt), tuple(r.responses)) if merge else n, []).append(r)
+        groups.setdefault(answer_set(r) if merge else n, []).append(r)
     return [RankedItem(rs[0].prompt, rs[0].responses, pair_preferences([r.ranking for r in rs], len(rs[0].responses)),
                        len(rs)) for rs in groups.values()]
 
@@ -144,7 +149,7 @@ def evaluate(models: list[ScalarModel], tok, records: list[Ranking], max_len: in
     is scored by the mean of its members' raw scores (the loss sees only differences); with more than one
     member, each member's own accuracy is reported too."""
     sets = to_items(records, merge=True)
-    where = {(prompt_key(s.prompt), tuple(s.responses)): n for n, s in enumerate(sets)}
+    where = {answer_set(s): n for n, s in enumerate(sets)}
     flat = [x for seqs in encode_records(tok, sets, max_len) for x in seqs]
     per_member = []
     for m in models:
@@ -158,7 +163,7 @@ def evaluate(models: list[ScalarModel], tok, records: list[Ranking], max_len: in
     valid = torch.zeros(len(records), k_max, dtype=torch.bool)
     rows = []  # flat index of each record's responses, padded with 0
     for n, r in enumerate(records):
-        k, at = len(r.responses), offsets[where[(prompt_key(r.prompt), tuple(r.responses))]]
+        k, at = len(r.responses), offsets[where[answer_set(r)]]
         prefs[n, :k, :k] = torch.tensor(pair_preferences([r.ranking], k))
         valid[n, :k] = True
         rows.append(list(range(at, at + k)) + [0] * (k_max - k))
@@ -188,7 +193,7 @@ def labeler_agreement(records: list[Ranking]) -> float | None:
     reference: the same measure the web app reports for its batches."""
     groups: dict[tuple, list[Ranking]] = {}
     for r in records:
-        groups.setdefault((prompt_key(r.prompt), tuple(r.responses)), []).append(r)
+        groups.setdefault(answer_set(r), []).append(r)
     agree = total = 0
     for rs in groups.values():
         for a, b in combinations(rs, 2):
@@ -275,8 +280,9 @@ def train_rm(cfg: RMConfig, model_path: str, rankings: list[Path], demos_path: P
     if agreement is not None:
         metrics["data/labeler_agreement"] = agreement
     demos = read_records(demos_path, "demonstration", allow_empty=cfg.allow_empty) if demos_path else []
+    sets = items if cfg.merge_labelers else to_items(train, merge=True)  # each answer set once
     for m, member in enumerate(members):
-        norm = set_normalisation(member, tok, demos, to_items(train, merge=True), cfg.max_len, cfg.normalize_std)
+        norm = set_normalisation(member, tok, demos, sets, cfg.max_len, cfg.normalize_std)
         metrics.update(norm if m == 0 else {f"{k}_member{m}": v for k, v in norm.items()})
     tracker.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, steps)
     tracker.close()
