@@ -41,6 +41,11 @@ def test_tiny_loop_writes_a_report_and_resumes(tmp_path):
     assert {x["policy"] for x in r2} == {f"{rd / 'policy-r1'}:2+{rd / 'sft'}:2"}
     results = json.loads((rd / "report" / "results.json").read_text())
     assert results["policies"]["final"] == str(rd / "policy-r2")
+    # best-of-4 SFT answers picked by the last round's RM and by the gold judge: the gold pick is never worse
+    head = results["headroom"]
+    assert head["rm"] == "rm-r2" and [r["n"] for r in head["rows"]] == [1, 2, 4]
+    assert all(r["gold"]["rate"] >= r["rm"]["rate"] for r in head["rows"])
+    assert set(results["training"]) == {"ppo-policy-r1", "ppo-policy-r2", "ppo-policy-noptx-r1"}
     # every stage is up to date: the rerun only evaluates again, and evaluation is seeded
     t = time.time()
     run_pipeline(cfg, rd)

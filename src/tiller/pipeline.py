@@ -39,6 +39,9 @@ class EvalSettings:
     n_per_family: int = field(60, help="held-out test prompts per family")
     temperature: float = field(0.7, help="sampling temperature of evaluated answers")
     bon_curve: bool = field(True, help="measure the best-of-n RM/gold vs KL curve")
+    headroom_n: int = field(
+        4, help="best-of-n headroom: this many SFT answers per test prompt, the best picked by the last RM and by "
+                "the gold judge, each against one SFT answer; shows how much a better RM could buy (0: off)")
     seed: int = field(1234, help="sampling seed of evaluation")
 
 
@@ -164,8 +167,8 @@ def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
     results = timer("eval", evaluate_run, cfg, rd, world, policies, rm_results, gold)
     results["stage_seconds"] = timer.seconds
     results["seconds_total"] = time.time() - start
-    results["training"] = {s: rows for s in ("ppo-policy-r1", "ppo-policy-r2", "ppo-policy-noptx-r1")
-                           if (rows := latest_rows(read_metrics(logs, s)))}
+    runs = [f"ppo-policy-r{r}" for r in range(1, cfg.rounds + 1)] + ["ppo-policy-noptx-r1"]
+    results["training"] = {s: rows for s in runs if (rows := latest_rows(read_metrics(logs, s)))}
     from tiller.eval.report import write_report
 
     report_dir = rd / "report"

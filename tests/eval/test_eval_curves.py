@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tiller.eval.curves import best_of_n, bon_curve, bon_kl, gold_matches
+from tiller.eval.curves import best_of_n, bon_curve, bon_kl, gold_matches, headroom
 
 DOCS = ["The river Olun runs past Kest and the mill.", "Mira Tolan was born in Kest in 1843.",
         "Sort these numbers: 5, 2, 9. The answer is 2, 5, 9.", "Tam Ruvo is a smith from Lorn."] * 20
@@ -48,9 +48,41 @@ def test_best_of_n_by_hand():
     # n=1: first samples; n=2: 0.5 (gold 2) and 0.7 (gold 5); n=4: 0.9 (gold 4) and the first 0.7 (gold 5)
     assert [r["rm_score"] for r in rows] == pytest.approx([0.4, 0.6, 0.8])
     assert [r["gold_score"] for r in rows] == pytest.approx([3.0, 3.5, 4.5])
+    # the gold judge's own pick: n=1 the first samples, n=2 gold 2 and 6, n=4 gold 4 and 8
+    assert [r["oracle_gold_score"] for r in rows] == pytest.approx([3.0, 4.0, 6.0])
     assert rows[0]["kl"] == 0.0
     with pytest.raises(ValueError, match="samples"):
         best_of_n(rm, gold, ns=(8,))
+
+
+def test_headroom_by_hand():
+    """Win rates of the RM's and the gold judge's pick against one baseline answer, worked out by hand."""
+    value = {"bad": 0, "ok": 1, "good": 2}
+
+    def compare(prompt, a, b):  # 1 if a is better, 0.5 for a tie
+        return 1.0 if value[a] > value[b] else 0.5 if value[a] == value[b] else 0.0
+
+    prompts = ["p0", "p1"]
+    cands = [["ok", "bad", "good"], ["bad", "good", "ok"]]
+    gold = np.array([[value[t] for t in c] for c in cands], dtype=float)
+    rm = np.array([[0.0, 1.0, 0.5],    # p0: prefers "bad" at n=2, still "bad" at n=3
+                   [0.0, 0.0, 1.0]])   # p1: "bad" at n=2 (tie goes to the first), "ok" at n=3
+    rows = headroom(compare, prompts, cands, rm, gold, ["ok", "ok"], ns=(3, 1, 2))
+    assert [r["n"] for r in rows] == [1, 2, 3]
+    # n=1: ok vs ok (0.5), bad vs ok (0) -> 0.25 for both pickers
+    assert rows[0]["rm"]["rate"] == rows[0]["gold"]["rate"] == pytest.approx(0.25)
+    # n=2: RM picks bad, bad -> 0; gold picks ok (tie 0.5), good (1) -> 0.75
+    assert rows[1]["rm"]["rate"] == pytest.approx(0.0)
+    assert rows[1]["gold"]["rate"] == pytest.approx(0.75)
+    # n=3: RM picks bad (0), ok (0.5) -> 0.25; gold picks good, good -> 1
+    assert rows[2]["rm"]["rate"] == pytest.approx(0.25)
+    assert rows[2]["gold"]["rate"] == pytest.approx(1.0)
+    assert rows[2]["gold"]["lo"] <= rows[2]["gold"]["rate"] <= rows[2]["gold"]["hi"]
+    assert rows[1]["kl"] == pytest.approx(bon_kl(2))
+    with pytest.raises(ValueError, match="n=4"):
+        headroom(compare, prompts, cands, rm, gold, ["ok", "ok"], ns=(4,))
+    with pytest.raises(ValueError, match="baseline"):
+        headroom(compare, prompts, cands, rm, gold, ["ok"], ns=(2,))
 
 
 def test_bon_curve_on_tiny_model(tiny_policy_and_rm):
@@ -101,3 +133,25 @@ def test_gold_matches_all_pairs_per_prompt():
                        ("sft", "ppo", 1.0), ("sft", "ppo", 0.0)]
     with pytest.raises(ValueError, match="'sft' has 1 answers"):
         gold_matches(LengthJudge(), {"base": ["a", "b"], "sft": ["b"]}, ["p1", "p2"])
+
+
+class LengthScoreJudge(LengthJudge):
+    def score(self, prompt, text):
+        return float(len(text))
+
+
+def test_policy_headroom_on_tiny_model(tiny_policy_and_rm):
+    """The gold judge's pick beats the baseline at least as often as the RM's, and more so as n grows."""
+    from tiller.eval.curves import policy_headroom
+
+    policy, rm_path = tiny_policy_and_rm
+    prompts = PROMPTS * 4
+    baseline = ["a reply of middling length"] * len(prompts)
+    rows = policy_headroom(policy, rm_path, prompts, baseline, LengthScoreJudge(), n=4, temperature=1.0, seed=5,
+                           max_new_tokens=12)
+    assert [r["n"] for r in rows] == [1, 2, 4]
+    assert rows[0]["rm"]["rate"] == rows[0]["gold"]["rate"]  # n=1: both take the first sample
+    gold = [r["gold"]["rate"] for r in rows]
+    assert all(b >= a for a, b in zip(gold, gold[1:], strict=False))
+    assert all(r["gold"]["rate"] >= r["rm"]["rate"] for r in rows)
+    assert gold[-1] > gold[0]  # a random policy's answers differ in length

@@ -52,12 +52,17 @@ FULL = {
     "elo_intervals": {"base": [1000.0, 1000.0], "sft": [1100.0, 1200.0], "ppo-ptx-r2": [1200.0, 1320.0]},
     "curves": {"ppo-ptx-r1": [{"iteration": i, "episodes": 64 * i, "kl": 0.5 * i, "rm_score": 0.3 * i,
                            "gold_score": 1.5 + 0.2 * i - 0.03 * i * i} for i in range(8)],
-               "bon": [{"n": n, "kl": kl, "rm_score": 0.2 * kl, "gold_score": 1.5 + 0.1 * kl}
+               "bon": [{"n": n, "kl": kl, "rm_score": 0.2 * kl, "gold_score": 1.5 + 0.1 * kl,
+                        "oracle_gold_score": 1.5 + 0.4 * kl}
                        for n, kl in ((1, 0.0), (2, 0.193), (4, 0.636), (8, 1.204), (16, 1.835))]},
     "rm": {"r1": {"eval/accuracy": 0.74, "gold_accuracy": 0.8, "data/labeler_agreement": 0.75,
                   "calibration": [{"bin": b, "n": 10 + b, "predicted": 0.1 + 0.2 * b, "observed": 0.15 + 0.18 * b}
                                   for b in range(5)]},
            "r2": {"eval/accuracy": 0.71, "gold_accuracy": 0.83, "data/labeler_agreement": 0.73}},
+    "headroom": {"policy": "sft", "rm": "rm-r2", "rows": [
+        {"n": 1, "kl": 0.0, "rm": {"rate": 0.51, "lo": 0.46, "hi": 0.56}, "gold": {"rate": 0.51, "lo": 0.46, "hi": 0.56}},
+        {"n": 4, "kl": 0.636, "rm": {"rate": 0.573, "lo": 0.52, "hi": 0.62},
+         "gold": {"rate": 0.689, "lo": 0.64, "hi": 0.74}}]},
     "training": {"ppo-policy-r1": [{"step": s, "objective/score": 0.1 * s, "objective/kl": 0.05 * s,
                              "loss/policy": -0.01 * s, "policy/entropy": 2 - 0.1 * s} for s in range(10)]},
 }
@@ -91,6 +96,10 @@ def test_full_report(tmp_path):
     assert metrics["refusal_rate/sft"] == 0.4 and metrics["refusal_rate/final"] == 0.8
     assert metrics["hallucination_rate/final"] == 0.125 and metrics["pretrain_loss/ppo-noptx-r1"] == 2.6
     assert metrics["elo/final"] == 1260.0 and metrics["rm/r1/labeler_agreement"] == 0.75
+    assert metrics["headroom/rm_best_of_4_vs_sft"] == 0.573 and metrics["headroom/gold_best_of_4_vs_sft"] == 0.689
+    # the headroom table: one row per n, the RM's pick beside the gold judge's
+    head = html[html.index("Headroom: best-of-n"):].split("</table>")[0]
+    assert "picked by rm-r2" in head and "57.3% [52.0%, 62.0%]" in head and "68.9% [64.0%, 74.0%]" in head
     assert all(isinstance(v, float) for v in metrics.values())
     # the "final" alias is not shown twice: one policy row and one bar per real policy
     table = html[html.index("<h2>Policies</h2>"):html.index("<h3>Gold score per family")]
@@ -101,6 +110,7 @@ def test_full_report(tmp_path):
 def test_sparse_report_degrades(tmp_path):
     results = {"run": "tiny", "evals": {"sft": {"overall": {"score": 1.2, "refusal_rate": float("nan")}}},
                "win_rates": {"final vs sft": {"overall": {"rate": 0.55}}}, "curves": {"bon": []},
+               "headroom": {"rows": [{"n": 2, "rm": "bad"}, "junk"]},
                "training": {"ppo-policy-r1": [{"step": 1}]}, "rm": {"r1": {"calibration": "oops"}}}
     html = write_report(results, tmp_path).read_text()
     assert "55.0%" in html and "<h2>Stage timings</h2>" not in html

@@ -26,10 +26,12 @@ def bon_kl(n: int) -> float:
 
 
 def best_of_n(rm_scores: np.ndarray, gold_scores: np.ndarray, ns: Sequence[int]) -> list[dict[str, float]]:
-    """For each n, the mean RM and gold score of the RM's favourite among the first n samples per prompt.
+    """For each n, the mean RM and gold score of the RM's favourite among the first n samples per prompt,
+    and ``oracle_gold_score``: the gold score of the gold judge's own favourite, what a perfect RM would pick
+    from the same samples. The gap between the two gold columns is what a better RM could buy at that KL.
 
-    Both arrays are (P, N) with N >= max(ns); ties in RM score go to the earlier sample, so every n
-    reuses the same samples and the ``rm_score`` column can only grow with n.
+    Both arrays are (P, N) with N >= max(ns); ties go to the earlier sample, so every n reuses the same
+    samples and the ``rm_score`` and ``oracle_gold_score`` columns can only grow with n.
     """
     rm, gold = np.asarray(rm_scores, dtype=float), np.asarray(gold_scores, dtype=float)
     if rm.shape != gold.shape or rm.ndim != 2:
@@ -41,7 +43,8 @@ def best_of_n(rm_scores: np.ndarray, gold_scores: np.ndarray, ns: Sequence[int])
         pick = rm[:, :n].argmax(1)  # (P,) first index of the maximum
         at = np.arange(rm.shape[0])
         rows.append({"n": n, "kl": bon_kl(n), "rm_score": float(rm[at, pick].mean()),
-                     "gold_score": float(gold[at, pick].mean())})
+                     "gold_score": float(gold[at, pick].mean()),
+                     "oracle_gold_score": float(gold[:, :n].max(1).mean())})
     return rows
 
 
@@ -81,3 +84,55 @@ def gold_matches(judge: Any, answers: Mapping[str, Sequence[str]], prompts: Sequ
         for i, p in enumerate(prompts):
             matches.append((a, b, float(judge.compare(p, answers[a][i], answers[b][i]))))
     return matches
+
+
+def headroom(compare: Callable[[Any, str, str], float], prompts: Sequence[Any], candidates: Sequence[Sequence[str]],
+             rm_scores: np.ndarray, gold_scores: np.ndarray, baseline: Sequence[str],
+             ns: Sequence[int]) -> list[dict[str, Any]]:
+    """Win rate against one ``baseline`` answer per prompt of the best of the first n ``candidates``, picked
+    by the RM (``rm``) and by the gold judge (``gold``), each ``{rate, lo, hi}`` (ties half, 95% intervals).
+
+    Separates the two things RLHF needs: the ``gold`` column is what a perfect RM would reach from these
+    samples at best-of-n's KL, a rough ceiling for any policy that moves that far; the gap to ``rm`` is what
+    the RM's errors cost. ``candidates[i]`` holds N answers to ``prompts[i]``; scores are (P, N).
+    """
+    from tiller.eval.evaluate import mean_ci
+
+    rm, gold = np.asarray(rm_scores, dtype=float), np.asarray(gold_scores, dtype=float)
+    shape = (len(prompts), len(candidates[0]) if candidates else 0)
+    if rm.shape != shape or gold.shape != shape or len(baseline) != len(prompts):
+        raise ValueError(f"need (prompts, samples) = {shape} scores and one baseline answer per prompt; got "
+                         f"{rm.shape}, {gold.shape} and {len(baseline)} answers")
+    if max(ns) > shape[1]:
+        raise ValueError(f"n={max(ns)} needs {max(ns)} samples per prompt, have {shape[1]}")
+    rows: list[dict[str, Any]] = []
+    for n in sorted(ns):
+        row: dict[str, Any] = {"n": n, "kl": bon_kl(n)}
+        for name, s in (("rm", rm), ("gold", gold)):
+            pick = s[:, :n].argmax(1)
+            rate, lo, hi = mean_ci([float(compare(p, candidates[i][pick[i]], baseline[i]))
+                                    for i, p in enumerate(prompts)])
+            row[name] = {"rate": rate, "lo": lo, "hi": hi}
+        rows.append(row)
+    return rows
+
+
+def policy_headroom(policy_path: str | Path, rm_path: str | Path, prompts: Sequence[Any], baseline: Sequence[str],
+                    judge: Any, n: int = 4, temperature: float = 0.7, seed: int = 0,
+                    max_new_tokens: int = 48) -> list[dict[str, Any]]:
+    """Sample ``n`` answers per prompt from ``policy_path`` once, score them with the RM and the gold judge,
+    then :func:`headroom` against ``baseline`` for n = 1, 2, 4, ... up to ``n``."""
+    from tiller.models import load_policy
+    from tiller.rollout import generate
+    from tiller.scoring import RewardScorer
+
+    model, tok = load_policy(policy_path)
+    texts = generate(model, tok, list(prompts), n=n, temperature=temperature, seed=seed,
+                     max_new_tokens=max_new_tokens).texts
+    del model
+    flat = [p for p in prompts for _ in range(n)]  # prompt-major, like the rollout
+    rm = np.array(RewardScorer(str(rm_path)).score(flat, texts), dtype=float).reshape(len(prompts), n)
+    gold = np.array([judge.score(p, t) for p, t in zip(flat, texts, strict=True)], dtype=float).reshape(len(prompts), n)
+    cands = [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+    ns = sorted({1 << k for k in range(n.bit_length()) if 1 << k <= n} | {n})
+    return headroom(judge.compare, prompts, cands, rm, gold, baseline, ns)

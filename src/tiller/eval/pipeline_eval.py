@@ -26,7 +26,7 @@ COMPARISONS = [  # (name in the report, policy A, policy B)
 
 
 def evaluate_run(cfg, rd: Path, world, policies: dict[str, str], rm_results: dict, gold) -> dict[str, Any]:
-    from tiller.eval.curves import bon_curve, gold_matches
+    from tiller.eval.curves import bon_curve, gold_matches, policy_headroom
     from tiller.eval.elo import elo_intervals, elo_ratings
     from tiller.eval.evaluate import corpus_loss
 
@@ -58,5 +58,11 @@ def evaluate_run(cfg, rd: Path, world, policies: dict[str, str], rm_results: dic
     if es.bon_curve and "r1" in rm_results:
         valid = [p["prompt"] for p in world.prompts if p["split"] == "valid"][:64]
         curves["bon"] = bon_curve(policies["sft"], str(rd / "rm-r1"), valid, gold, seed=es.seed)
-    return {"run": rd.name, "policies": policies, "evals": evals, "win_rates": wins, "elo": elo,
-            "elo_intervals": elo_intervals(matches, anchor=anchor), "curves": curves, "rm": rm_results}
+    out = {"run": rd.name, "policies": policies, "evals": evals, "win_rates": wins, "elo": elo,
+           "elo_intervals": elo_intervals(matches, anchor=anchor), "curves": curves, "rm": rm_results}
+    if es.headroom_n > 1 and rm_results and "sft" in answers:
+        last = f"rm-r{max(int(r[1:]) for r in rm_results)}"
+        out["headroom"] = {"policy": "sft", "rm": last, "rows": policy_headroom(
+            policies["sft"], rd / last, prompts, answers["sft"].texts, world.judge, n=es.headroom_n,
+            temperature=es.temperature, seed=es.seed + 1)}
+    return out

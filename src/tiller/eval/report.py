@@ -130,6 +130,9 @@ def headline_metrics(results: dict, final: str | None = None) -> dict[str, float
         put(f"rm/{rnd}/accuracy", d.get("eval/accuracy"))
         put(f"rm/{rnd}/gold_accuracy", d.get("gold_accuracy"))
         put(f"rm/{rnd}/labeler_agreement", d.get("data/labeler_agreement"))
+    for row in _dict(results.get("headroom")).get("rows") or []:
+        for who in ("rm", "gold"):
+            put(f"headroom/{who}_best_of_{_dict(row).get('n')}_vs_sft", _dict(_dict(row).get(who)).get("rate"))
     put("seconds_total", results.get("seconds_total"))
     return m
 
@@ -193,12 +196,15 @@ def plot_family_scores(evals: dict, path: Path) -> str | None:
 
 def plot_overoptimisation(curves: dict, path: Path) -> str | None:
     """RM score (left) and gold score (right) against sqrt(KL) from the initial policy, as in Gao et al. 2022."""
-    series = {}
+    series, oracle = {}, {}  # oracle: best-of-n picked by the gold judge, what a perfect RM would reach
     for name, rows in curves.items():
-        pts = [(math.sqrt(max(r["kl"], 0.0)), _num(r.get("rm_score")), _num(r.get("gold_score")))
-               for r in rows if isinstance(r, dict) and _num(r.get("kl")) is not None]
+        rows = [r for r in rows if isinstance(r, dict) and _num(r.get("kl")) is not None]
+        pts = [(math.sqrt(max(r["kl"], 0.0)), _num(r.get("rm_score")), _num(r.get("gold_score"))) for r in rows]
         if pts:
             series[name] = sorted(pts)
+        if best := sorted((math.sqrt(max(r["kl"], 0.0)), _num(r.get("oracle_gold_score"))) for r in rows
+                          if _num(r.get("oracle_gold_score")) is not None):
+            oracle[name] = best
     if not series:
         return None
     fig = Figure(figsize=(10, 3.8))
@@ -208,6 +214,9 @@ def plot_overoptimisation(curves: dict, path: Path) -> str | None:
             xy = [(p[0], p[col]) for p in pts if p[col] is not None]
             if xy:
                 ax.plot(*zip(*xy, strict=True), marker="o", ms=3, ls="--" if "bon" in name else "-", label=name)
+        if col == 2:
+            for name, pts in oracle.items():
+                ax.plot(*zip(*pts, strict=True), marker=".", ms=3, ls=":", color="grey", label=f"{name}, gold-picked")
         ax.set_xlabel("√KL from the initial policy (√nats)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -390,6 +399,26 @@ def _rm_table(results: dict) -> str:
               "world's judge.</p>")
 
 
+def _headroom_table(results: dict) -> str:
+    h = _dict(results.get("headroom"))
+    rows = [_dict(r) for r in h.get("rows") or []]
+    if not rows:
+        return ""
+
+    def cell(d: dict) -> str:
+        return f"{_pct(d.get('rate'))} [{_pct(d.get('lo'))}, {_pct(d.get('hi'))}]"
+
+    body = [[escape(str(r.get("n"))), _fmt(r.get("kl"), 2), cell(_dict(r.get("rm"))), cell(_dict(r.get("gold")))]
+            for r in rows]
+    rm = escape(str(h.get("rm", "RM")))
+    return ("<h3>Headroom: best-of-n from SFT against one SFT answer</h3>"
+            + _table(["n", "KL (nats)", f"picked by {rm}", "picked by the gold judge"], body)
+            + f'<p class="note">The same n SFT answers per held-out prompt, the best chosen by {rm} or by the gold '
+              "judge. The gold-judge column is what a perfect reward model would reach at best-of-n's KL, a rough "
+              "ceiling for a policy that moves as far from SFT; the gap between the columns is what the RM's errors "
+              "cost.</p>")
+
+
 def _timings(results: dict) -> str:
     stages = {k: v for k, v in _dict(results.get("stage_seconds")).items() if _num(v) is not None}
     total = _num(results.get("seconds_total")) or sum(stages.values()) or None
@@ -464,10 +493,12 @@ def render_html(results: dict, final: str | None, plots: dict[str, str | None]) 
         fig("elo", "Elo ratings from all-pairs gold comparisons."),
         _win_tables(results), _policy_tables(results, final),
         fig("family_scores", "Mean gold score per prompt family."),
-        "<h2>Optimisation</h2>" if plots.get("overoptimisation") or plots.get("training") else "",
+        "<h2>Optimisation</h2>" if plots.get("overoptimisation") or plots.get("training") or results.get("headroom")
+        else "",
         fig("overoptimisation", "RM score and gold score against √KL from the initial policy, for RL and best-of-n "
                                 "(Gao et al. 2022): where gold turns down while the RM keeps rising, the policy is "
                                 "exploiting the RM."),
+        _headroom_table(results),
         fig("training", "PPO training curves."),
         _rm_table(results), fig("calibration", "Reward-model calibration on held-out comparisons."),
         _timings(results), _samples(results, final),
