@@ -8,7 +8,9 @@ import json
 import random
 import time
 
+import numpy as np
 import pytest
+import torch
 
 from tiller.data import Ranking, read_records, write_jsonl
 from tiller.runs import MANIFEST, read_manifest
@@ -81,6 +83,35 @@ def test_rm_bias_centres_demonstrations(banana_rm, tiny_world_dir):
     p = "Say something, number 1."
     with_b, without = scorer.score([p, p], ["red banana cat", "red cat"])
     assert with_b > without
+
+
+def test_normalisation_from_all_answers_or_a_seeded_subset(tiny_base_dir, tiny_world_dir):
+    """With every answer the bias centres the demonstrations exactly and the gain gives the ranked answers std
+    1; with ``norm_samples`` the same holds on a seeded subset, which is all a mean and a std need."""
+    from tiller.models import ScalarModel, load_tokenizer
+    from tiller.scoring import RewardScorer, score_sorted
+    from tiller.stages.reward import normalisation_seqs, set_normalisation, to_items
+
+    tok = load_tokenizer(tiny_base_dir)
+    torch.manual_seed(0)
+    model = ScalarModel.from_pretrained(tiny_base_dir, tok).eval()
+    torch.nn.init.normal_(model.hf.score.weight, std=1.0)  # a zero head would score everything 0
+    demos = read_records(tiny_world_dir / "demos.jsonl", "demonstration")
+    sets = to_items(banana_rankings(40, 4, seed=1), merge=True)
+    d_all, a_all = normalisation_seqs(tok, demos, sets, None, 64, 0, seed=0)
+    assert len(d_all) == len(demos) and len(a_all) == 4 * len(sets)
+    set_normalisation(model, tok.pad_token_id, d_all, a_all)
+    scorer = RewardScorer.from_model(model, tok, max_len=64)
+    assert abs(float(np.mean(scorer.score([d.prompt for d in demos], [d.response for d in demos])))) < 1e-4
+    answers = scorer.score([r.prompt for r in sets for _ in r.responses], [x for r in sets for x in r.responses])
+    assert float(torch.tensor(answers).std()) == pytest.approx(1.0, abs=1e-4)
+
+    d_sub, a_sub = normalisation_seqs(tok, demos, sets, None, 64, 50, seed=0)
+    assert len(d_sub) == len(a_sub) == 50 and all(x in d_all for x in d_sub) and all(x in a_all for x in a_sub)
+    assert normalisation_seqs(tok, demos, sets, None, 64, 50, seed=0) == (d_sub, a_sub)  # seeded
+    with torch.no_grad():
+        raw_sub = score_sorted(model, d_sub, tok.pad_token_id, "cpu")
+    assert set_normalisation(model, tok.pad_token_id, d_sub, [])["rm/bias"] == pytest.approx(-float(raw_sub.mean()))
 
 
 def test_default_scorer_matches_training_truncation(banana_rm, tiny_world_dir):

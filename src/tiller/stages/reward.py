@@ -31,7 +31,7 @@ from tiller.data.agreement import pairwise_agreement
 from tiller.losses import pair_preferences, preference_loss
 from tiller.models import MEMBERS_DIR, ScalarModel, load_tokenizer
 from tiller.runs import atomic_dir, fingerprint, is_done, read_manifest, write_manifest
-from tiller.scoring import RewardScorer, score_sorted
+from tiller.scoring import score_sorted
 from tiller.tracking import Tracker
 from tiller.training import (
     cosine_schedule,
@@ -55,6 +55,9 @@ class RMConfig:
     valid_fraction: float = field(0.15, help="share of PROMPTS held out (all labelers' rankings of one prompt together)")
     label_source: str = field("ranking", help="'ranking', or 'flags:F1,F2' to rank unflagged above flagged answers (a rule RM)")
     normalize_std: bool = field(False, help="also set a gain so ranked responses score with std 1")
+    norm_samples: int = field(2048, help="at most this many demonstrations, and this many ranked responses, "
+                                         "(a seeded random subset) set the bias and gain: a mean and a std need a "
+                                         "sample, not every answer (0: all)")
     ensemble: int = field(1, help="reward models trained on the same data in different orders; their scores "
                                   "average (Coste et al. 2023: ensembles are more accurate and curb overoptimisation)")
     allow_empty: bool = field(False, help="accept empty responses (model samples, HH-RLHF's empty replies)")
@@ -64,6 +67,8 @@ class RMConfig:
     def validate(self) -> None:
         if self.ensemble < 1:
             raise ConfigError("ensemble must be >= 1")
+        if self.norm_samples < 0:
+            raise ConfigError("norm_samples must be >= 0")
         if self.label_source != "ranking" and not self.label_source.startswith("flags:"):
             raise ConfigError("label_source must be 'ranking' or 'flags:F1,F2,...'")
 
@@ -202,16 +207,34 @@ def labeler_agreement(records: list[Ranking]) -> float | None:
     return agree / total if total else None
 
 
-def set_normalisation(model: ScalarModel, tok, demos: list, ranked: list[RankedItem], max_len: int, std: bool) -> dict:
-    """bias = -mean raw score of demonstrations; gain = 1/std of raw scores of ranked responses."""
-    scorer = RewardScorer.from_model(model, tok, max_len=max_len)
-    if demos:
-        raw = scorer.raw_scores([d.prompt for d in demos], [d.response for d in demos])
-        model.bias = -float(raw.mean())
-    if std and ranked:
-        raw = scorer.raw_scores([r.prompt for r in ranked for _ in r.responses], [x for r in ranked for x in r.responses])
-        model.gain = 1.0 / max(float(raw.std()), 1e-6)
+def set_normalisation(model: ScalarModel, pad_id: int, demo_seqs: list[list[int]],
+                      answer_seqs: list[list[int]]) -> dict:
+    """bias = -mean raw score of the demonstrations; gain = 1/std of the raw scores of ranked responses
+    (left as it is when ``answer_seqs`` is empty)."""
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.no_grad():
+        if demo_seqs:
+            model.bias = -float(score_sorted(model, demo_seqs, pad_id, device).mean())
+        if answer_seqs:
+            model.gain = 1.0 / max(float(score_sorted(model, answer_seqs, pad_id, device).std()), 1e-6)
     return {"rm/bias": model.bias, "rm/gain": model.gain}
+
+
+def normalisation_seqs(tok, demos: list, sets: list[RankedItem], set_seqs: list[list[list[int]]] | None,
+                       max_len: int, limit: int, seed: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids of the demonstrations and of the ranked responses that set the bias and gain, each at most
+    ``limit`` (a seeded random subset; 0: all), encoded once for every member of an ensemble. ``set_seqs``
+    are ``sets`` already encoded (the training items), or None to encode them here."""
+    rng = random.Random(seed)
+
+    def pick(xs: list) -> list:
+        return rng.sample(xs, limit) if 0 < limit < len(xs) else xs
+
+    demo_seqs = [join(encode_prompt(tok, d.prompt), encode_response(tok, d.response), max_len)[0]
+                 for d in pick(demos)]
+    answers = [x for s in (set_seqs if set_seqs is not None else encode_records(tok, sets, max_len)) for x in s]
+    return demo_seqs, pick(answers)
 
 
 def _train_member(cfg: RMConfig, m: int, model_path: str, tok, items: list[RankedItem], seqs, steps: int,
@@ -280,9 +303,15 @@ def train_rm(cfg: RMConfig, model_path: str, rankings: list[Path], demos_path: P
     if agreement is not None:
         metrics["data/labeler_agreement"] = agreement
     demos = read_records(demos_path, "demonstration", allow_empty=cfg.allow_empty) if demos_path else []
-    sets = items if cfg.merge_labelers else to_items(train, merge=True)  # each answer set once
+    if not cfg.normalize_std:
+        sets, set_seqs = [], None
+    elif cfg.merge_labelers:
+        sets, set_seqs = items, seqs
+    else:
+        sets, set_seqs = to_items(train, merge=True), None  # each answer set once, whatever the labelers
+    demo_seqs, answer_seqs = normalisation_seqs(tok, demos, sets, set_seqs, cfg.max_len, cfg.norm_samples, cfg.seed)
     for m, member in enumerate(members):
-        norm = set_normalisation(member, tok, demos, sets, cfg.max_len, cfg.normalize_std)
+        norm = set_normalisation(member, tok.pad_token_id, demo_seqs, answer_seqs)
         metrics.update(norm if m == 0 else {f"{k}_member{m}": v for k, v in norm.items()})
     tracker.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, steps)
     tracker.close()
