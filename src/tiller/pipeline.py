@@ -167,8 +167,8 @@ def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
     results = timer("eval", evaluate_run, cfg, rd, world, policies, rm_results, gold)
     results["stage_seconds"] = timer.seconds
     results["seconds_total"] = time.time() - start
-    runs = [f"ppo-policy-r{r}" for r in range(1, cfg.rounds + 1)] + ["ppo-policy-noptx-r1"]
-    results["training"] = {s: rows for s in runs if (rows := latest_rows(read_metrics(logs, s)))}
+    ppo_logs = [f"ppo-policy-r{r}" for r in range(1, cfg.rounds + 1)] + ["ppo-policy-noptx-r1"]
+    results["training"] = {s: rows for s in ppo_logs if (rows := latest_rows(read_metrics(logs, s)))}
     from tiller.eval.report import write_report
 
     report_dir = rd / "report"
