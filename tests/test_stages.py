@@ -114,6 +114,28 @@ def test_normalisation_from_all_answers_or_a_seeded_subset(tiny_base_dir, tiny_w
     assert set_normalisation(model, tok.pad_token_id, d_sub, [])["rm/bias"] == pytest.approx(-float(raw_sub.mean()))
 
 
+def test_eval_cli_prints_headroom(banana_rm, tiny_base_dir, tiny_world_dir):
+    """``tiller eval --headroom-rm``: n = 1, 2, 4 rows; n = 1 is the same pick both ways, and the gold judge's
+    pick never loses to the RM's."""
+    from typer.testing import CliRunner
+
+    from tiller.cli import app
+
+    work, _ = banana_rm
+    r = CliRunner().invoke(app, ["eval", "--policy", str(tiny_base_dir), "--world", str(tiny_world_dir),
+                                 "--n-per-family", "2", "--headroom-rm", str(work / "rm")])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("headroom:"))
+    rows = [line.split() for line in lines[start + 2 : start + 5]]
+    assert [row[0] for row in rows] == ["1", "2", "4"]
+    rates = [(float(row[1].rstrip("%")), float(row[4].rstrip("%"))) for row in rows]
+    assert rates[0][0] == rates[0][1] and all(gold >= rm for rm, gold in rates)
+    bad = CliRunner().invoke(app, ["eval", "--policy", str(tiny_base_dir), "--world", str(tiny_world_dir),
+                                   "--headroom-rm", str(work / "rm"), "--headroom-n", "1"])
+    assert bad.exit_code == 2 and "--headroom-n must be at least 2" in bad.stderr
+
+
 def test_default_scorer_matches_training_truncation(banana_rm, tiny_world_dir):
     from tiller.scoring import RewardScorer
 

@@ -307,12 +307,18 @@ def eval_cmd(policy: Annotated[str, typer.Option(help="policy folder")],
              baseline: Annotated[str | None, typer.Option(help="policy to compare against (win rates)")] = None,
              world: Annotated[Path | None, typer.Option(help="world folder (default: the run's)")] = None,
              n_per_family: Annotated[int, typer.Option(help="held-out test prompts per family")] = 60,
-             seed: Annotated[int, typer.Option(help="sampling seed")] = 0) -> None:
+             seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+             headroom_rm: Annotated[str | None, typer.Option(
+                 help="reward model: also compare the best of --headroom-n answers, picked by it and by the gold "
+                      "judge, with the policy's own answer (how much a better RM could buy)")] = None,
+             headroom_n: Annotated[int, typer.Option(help="answers per prompt for --headroom-rm")] = 4) -> None:
     """Judge a policy on held-out prompts with the world's gold labeler (and against a baseline)."""
     from tiller.eval.evaluate import evaluate_policy, print_eval
 
+    if headroom_rm and headroom_n < 2:
+        raise ConfigError("--headroom-n must be at least 2")
     result = evaluate_policy(policy, world or run_dir(run) / "world", baseline=baseline,
-                             n_per_family=n_per_family, seed=seed)
+                             n_per_family=n_per_family, seed=seed, headroom_rm=headroom_rm, headroom_n=headroom_n)
     print_eval(result)
 
 

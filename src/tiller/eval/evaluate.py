@@ -35,10 +35,12 @@ class EvalResult:
     win_rate: dict[str, dict[str, float]] = field(default_factory=dict)  # family -> {rate, lo, hi, n}
     baseline: str | None = None
     samples: list[dict] = field(default_factory=list)
+    headroom: list[dict] = field(default_factory=list)  # rows of eval.curves.headroom
 
     def to_json(self) -> dict:
         return {"policy": self.policy, "baseline": self.baseline, "per_family": self.per_family,
-                "overall": self.overall, "win_rate": self.win_rate, "samples": self.samples[:50]}
+                "overall": self.overall, "win_rate": self.win_rate, "headroom": self.headroom,
+                "samples": self.samples[:50]}
 
 
 def test_prompts(world, n_per_family: int, seed: int, split: str = "test") -> tuple[list[Any], list[str]]:
@@ -131,8 +133,12 @@ def corpus_loss(policy: str, corpus_valid: Path, max_docs: int = 400, block: int
 
 def evaluate_policy(policy: str, world_dir: Path, baseline: str | None = None, n_per_family: int = 60,
                     seed: int = 0, temperature: float = 0.7, world=None,
-                    cache: dict[str, PolicyAnswers] | None = None) -> EvalResult:
-    """Answer held-out test prompts with ``policy`` (and ``baseline``) and judge them with the gold labeler."""
+                    cache: dict[str, PolicyAnswers] | None = None, headroom_rm: str | None = None,
+                    headroom_n: int = 4) -> EvalResult:
+    """Answer held-out test prompts with ``policy`` (and ``baseline``) and judge them with the gold labeler.
+
+    With ``headroom_rm``, also sample ``headroom_n`` more answers per prompt and compare the best of them,
+    picked by that RM and by the gold judge, with the policy's own answer (:func:`eval.curves.headroom`)."""
     from tiller.world import load_world
 
     world = world or load_world(Path(world_dir))
@@ -153,6 +159,11 @@ def evaluate_policy(policy: str, world_dir: Path, baseline: str | None = None, n
     if baseline:
         res.baseline = str(baseline)
         res.win_rate = win_rates(world.judge, ans, get(str(baseline)))
+    if headroom_rm:
+        from tiller.eval.curves import policy_headroom
+
+        res.headroom = policy_headroom(policy, headroom_rm, prompts, ans.texts, world.judge, n=headroom_n,
+                                       temperature=temperature, seed=seed + 1)
     return res
 
 
@@ -167,6 +178,12 @@ def print_eval(res: EvalResult) -> None:
             w = res.win_rate[fam]
             line += f"  {w['rate']:.1%} [{w['lo']:.1%}, {w['hi']:.1%}] n={w['n']}"
         print(line)
+    if res.headroom:
+        print("headroom: the best of n more answers against the policy's own answer (gold win rate)")
+        print(f"{'n':>4}  {'picked by the RM':<26}{'picked by the gold judge'}")
+        for r in res.headroom:
+            rm, gold = (f"{r[w]['rate']:.1%} [{r[w]['lo']:.1%}, {r[w]['hi']:.1%}]" for w in ("rm", "gold"))
+            print(f"{r['n']:>4}  {rm:<26}{gold}")
     if "pretrain_loss" in res.overall:
         print(f"held-out pretraining loss {res.overall['pretrain_loss']:.3f} "
               f"(perplexity {math.exp(res.overall['pretrain_loss']):.2f})")
