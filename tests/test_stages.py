@@ -90,7 +90,7 @@ def test_normalisation_from_all_answers_or_a_seeded_subset(tiny_base_dir, tiny_w
     1; with ``norm_samples`` the same holds on a seeded subset, which is all a mean and a std need."""
     from tiller.models import ScalarModel, load_tokenizer
     from tiller.scoring import RewardScorer, score_sorted
-    from tiller.stages.reward import normalisation_seqs, set_normalisation, to_items
+    from tiller.stages.reward import encode_records, normalisation_seqs, set_normalisation, to_items
 
     tok = load_tokenizer(tiny_base_dir)
     torch.manual_seed(0)
@@ -98,7 +98,8 @@ def test_normalisation_from_all_answers_or_a_seeded_subset(tiny_base_dir, tiny_w
     torch.nn.init.normal_(model.hf.score.weight, std=1.0)  # a zero head would score everything 0
     demos = read_records(tiny_world_dir / "demos.jsonl", "demonstration")
     sets = to_items(banana_rankings(40, 4, seed=1), merge=True)
-    d_all, a_all = normalisation_seqs(tok, demos, sets, None, 64, 0, seed=0)
+    answer_seqs = [x for seqs in encode_records(tok, sets, 64) for x in seqs]
+    d_all, a_all = normalisation_seqs(tok, demos, answer_seqs, 64, 0, seed=0)
     assert len(d_all) == len(demos) and len(a_all) == 4 * len(sets)
     set_normalisation(model, tok.pad_token_id, d_all, a_all)
     scorer = RewardScorer.from_model(model, tok, max_len=64)
@@ -106,9 +107,9 @@ def test_normalisation_from_all_answers_or_a_seeded_subset(tiny_base_dir, tiny_w
     answers = scorer.score([r.prompt for r in sets for _ in r.responses], [x for r in sets for x in r.responses])
     assert float(torch.tensor(answers).std()) == pytest.approx(1.0, abs=1e-4)
 
-    d_sub, a_sub = normalisation_seqs(tok, demos, sets, None, 64, 50, seed=0)
+    d_sub, a_sub = normalisation_seqs(tok, demos, answer_seqs, 64, 50, seed=0)
     assert len(d_sub) == len(a_sub) == 50 and all(x in d_all for x in d_sub) and all(x in a_all for x in a_sub)
-    assert normalisation_seqs(tok, demos, sets, None, 64, 50, seed=0) == (d_sub, a_sub)  # seeded
+    assert normalisation_seqs(tok, demos, answer_seqs, 64, 50, seed=0) == (d_sub, a_sub)  # seeded
     with torch.no_grad():
         raw_sub = score_sorted(model, d_sub, tok.pad_token_id, "cpu")
     assert set_normalisation(model, tok.pad_token_id, d_sub, [])["rm/bias"] == pytest.approx(-float(raw_sub.mean()))

@@ -48,26 +48,35 @@ def best_of_n(rm_scores: np.ndarray, gold_scores: np.ndarray, ns: Sequence[int])
     return rows
 
 
+def sample_and_score(policy_path: str | Path, rm_path: str | Path, prompts: Sequence[Any], n: int,
+                     gold_fn: Callable[[list[Any], list[str]], Sequence[float]], temperature: float, seed: int,
+                     max_new_tokens: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``n`` answers per prompt sampled once (prompt-major, like the rollout), with their RM and gold scores:
+    (texts, rm (P, n), gold (P, n))."""
+    from tiller.models import load_policy
+    from tiller.rollout import generate
+    from tiller.scoring import RewardScorer
+
+    model, tok = load_policy(policy_path)
+    texts = generate(model, tok, list(prompts), n=n, temperature=temperature, seed=seed,
+                     max_new_tokens=max_new_tokens).texts
+    del model
+    flat = [p for p in prompts for _ in range(n)]
+    rm = np.array(RewardScorer(str(rm_path)).score(flat, texts), dtype=float).reshape(len(prompts), n)
+    gold = np.array([float(x) for x in gold_fn(flat, texts)], dtype=float).reshape(len(prompts), n)
+    return texts, rm, gold
+
+
 def bon_curve(policy_path: str | Path, rm_path: str | Path, prompts: Sequence[Any],
               gold_fn: Callable[[list[Any], list[str]], Sequence[float]],
               ns: Sequence[int] = (1, 2, 4, 8, 16), temperature: float = 1.0, seed: int = 0,
               max_new_tokens: int = 40) -> list[dict[str, float]]:
     """Sample max(ns) answers per prompt once, score all with the RM and ``gold_fn``, then :func:`best_of_n`.
 
-    Returns rows ``{n, kl, rm_score, gold_score}``; ``kl`` is the analytic best-of-n KL in nats.
+    Returns rows ``{n, kl, rm_score, gold_score, oracle_gold_score}``; ``kl`` is the analytic best-of-n KL
+    in nats.
     """
-    from tiller.models import load_policy
-    from tiller.rollout import generate
-    from tiller.scoring import RewardScorer
-
-    n_max = max(ns)
-    model, tok = load_policy(policy_path)
-    texts = generate(model, tok, list(prompts), n=n_max, temperature=temperature, seed=seed,
-                     max_new_tokens=max_new_tokens).texts
-    del model
-    flat = [p for p in prompts for _ in range(n_max)]  # prompt-major, like the rollout
-    rm = np.array(RewardScorer(str(rm_path)).score(flat, texts), dtype=float).reshape(len(prompts), n_max)
-    gold = np.array([float(x) for x in gold_fn(flat, texts)], dtype=float).reshape(len(prompts), n_max)
+    _, rm, gold = sample_and_score(policy_path, rm_path, prompts, max(ns), gold_fn, temperature, seed, max_new_tokens)
     return best_of_n(rm, gold, ns)
 
 
@@ -122,17 +131,9 @@ def policy_headroom(policy_path: str | Path, rm_path: str | Path, prompts: Seque
                     max_new_tokens: int = 48) -> list[dict[str, Any]]:
     """Sample ``n`` answers per prompt from ``policy_path`` once, score them with the RM and the gold judge,
     then :func:`headroom` against ``baseline`` for n = 1, 2, 4, ... up to ``n``."""
-    from tiller.models import load_policy
-    from tiller.rollout import generate
-    from tiller.scoring import RewardScorer
-
-    model, tok = load_policy(policy_path)
-    texts = generate(model, tok, list(prompts), n=n, temperature=temperature, seed=seed,
-                     max_new_tokens=max_new_tokens).texts
-    del model
-    flat = [p for p in prompts for _ in range(n)]  # prompt-major, like the rollout
-    rm = np.array(RewardScorer(str(rm_path)).score(flat, texts), dtype=float).reshape(len(prompts), n)
-    gold = np.array([judge.score(p, t) for p, t in zip(flat, texts, strict=True)], dtype=float).reshape(len(prompts), n)
+    texts, rm, gold = sample_and_score(
+        policy_path, rm_path, prompts, n, lambda ps, ts: [judge.score(p, t) for p, t in zip(ps, ts, strict=True)],
+        temperature, seed, max_new_tokens)
     cands = [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
     ns = sorted({1 << k for k in range(n.bit_length()) if 1 << k <= n} | {n})
     return headroom(judge.compare, prompts, cands, rm, gold, baseline, ns)

@@ -221,11 +221,10 @@ def set_normalisation(model: ScalarModel, pad_id: int, demo_seqs: list[list[int]
     return {"rm/bias": model.bias, "rm/gain": model.gain}
 
 
-def normalisation_seqs(tok, demos: list, sets: list[RankedItem], set_seqs: list[list[list[int]]] | None,
-                       max_len: int, limit: int, seed: int) -> tuple[list[list[int]], list[list[int]]]:
+def normalisation_seqs(tok, demos: list, answer_seqs: list[list[int]], max_len: int, limit: int,
+                       seed: int) -> tuple[list[list[int]], list[list[int]]]:
     """Token ids of the demonstrations and of the ranked responses that set the bias and gain, each at most
-    ``limit`` (a seeded random subset; 0: all), encoded once for every member of an ensemble. ``set_seqs``
-    are ``sets`` already encoded (the training items), or None to encode them here."""
+    ``limit`` (a seeded random subset; 0: all), built once for every member of an ensemble."""
     rng = random.Random(seed)
 
     def pick(xs: list) -> list:
@@ -233,8 +232,7 @@ def normalisation_seqs(tok, demos: list, sets: list[RankedItem], set_seqs: list[
 
     demo_seqs = [join(encode_prompt(tok, d.prompt), encode_response(tok, d.response), max_len)[0]
                  for d in pick(demos)]
-    answers = [x for s in (set_seqs if set_seqs is not None else encode_records(tok, sets, max_len)) for x in s]
-    return demo_seqs, pick(answers)
+    return demo_seqs, pick(answer_seqs)
 
 
 def _train_member(cfg: RMConfig, m: int, model_path: str, tok, items: list[RankedItem], seqs, steps: int,
@@ -303,13 +301,11 @@ def train_rm(cfg: RMConfig, model_path: str, rankings: list[Path], demos_path: P
     if agreement is not None:
         metrics["data/labeler_agreement"] = agreement
     demos = read_records(demos_path, "demonstration", allow_empty=cfg.allow_empty) if demos_path else []
-    if not cfg.normalize_std:
-        sets, set_seqs = [], None
-    elif cfg.merge_labelers:
-        sets, set_seqs = items, seqs
-    else:
-        sets, set_seqs = to_items(train, merge=True), None  # each answer set once, whatever the labelers
-    demo_seqs, answer_seqs = normalisation_seqs(tok, demos, sets, set_seqs, cfg.max_len, cfg.norm_samples, cfg.seed)
+    set_seqs = []  # each answer set once, whatever the labelers: the training items when they are merged
+    if cfg.normalize_std:
+        set_seqs = seqs if cfg.merge_labelers else encode_records(tok, to_items(train, merge=True), cfg.max_len)
+    demo_seqs, answer_seqs = normalisation_seqs(tok, demos, [x for s in set_seqs for x in s], cfg.max_len,
+                                                cfg.norm_samples, cfg.seed)
     for m, member in enumerate(members):
         norm = set_normalisation(member, tok.pad_token_id, demo_seqs, answer_seqs)
         metrics.update(norm if m == 0 else {f"{k}_member{m}": v for k, v in norm.items()})
