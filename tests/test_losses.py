@@ -12,11 +12,13 @@ import torch.nn.functional as F
 from tiller.losses import (
     AdaptiveKLController,
     FixedKLController,
+    MovingBaseline,
     entropy_from_logits,
     gae,
     gae_reference,
     grpo_advantages,
     kl_penalized_rewards,
+    kl_to_go,
     last_token_index,
     logprobs_from_logits,
     masked_lm_loss,
@@ -29,7 +31,6 @@ from tiller.losses import (
     preference_loss,
     ranking_loss,
     ranks_from_groups,
-    reinforce_loss,
     rloo_advantages,
     token_count,
 )
@@ -204,6 +205,25 @@ def test_preference_loss_is_the_mean_of_the_labelers_ranking_losses():
     got, _ = preference_loss(torch.tensor([s], dtype=torch.float64), one, torch.ones(1, 3, dtype=torch.bool))
     want, _ = _rl(s, [1, 0, 2])
     assert got.item() == pytest.approx(want.item()) == pytest.approx(b)
+
+
+def test_merged_items_weighed_by_their_rankings_equal_one_element_per_ranking():
+    """Item 1 ranked by two labelers (A, B above), item 2 by one (C: 0 > 1 on scores [0, 2]). As three
+    ranking records the batch loss is (a + b + c) / 3; merged into two items it must be the same, which
+    weights 2 and 1 give and a plain mean over items ((a + b) / 2 + c) / 2 does not."""
+    a = -(ls(1.0) + ls(2.0)) / 3
+    b = -(ls(-1.0) + ls(1.0) + ls(2.0)) / 3
+    c = -ls(-2.0)
+    scores = torch.tensor([[1.0, 0.0, -1.0], [0.0, 2.0, 0.0]], dtype=torch.float64)
+    prefs = torch.tensor([pair_preferences([[[0], [1, 2]], [[1], [0], [2]]], 3),
+                          [[*row, 0.0] for row in pair_preferences([[[0], [1]]], 2)] + [[0.0] * 3]],
+                         dtype=torch.float64)
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    loss, _ = preference_loss(scores, prefs, valid, torch.tensor([2.0, 1.0]))
+    assert loss.item() == pytest.approx((a + b + c) / 3)
+    plain, _ = preference_loss(scores, prefs, valid)
+    assert plain.item() == pytest.approx(((a + b) / 2 + c) / 2)
+    assert abs(plain.item() - loss.item()) > 1e-3
 
 
 def test_ranking_loss_padding_ignored():
@@ -382,17 +402,28 @@ def test_rloo_and_grpo_two_groups():
         rloo_advantages(scores, 4)
 
 
-def test_reinforce_loss():
-    logprobs = t([-1.0, -2.0, -3.0], [-0.5, -1.0, -9.0]).requires_grad_(True)
-    mask = t([1, 1, 0], [1, 1, 1])
-    adv = torch.tensor([2.0, -1.0], dtype=torch.float64)
-    # -(A logp): row 0: 2, 4 (third masked); row 1: -.5, -1, -9 -> sum -4.5 over 5 tokens
-    loss = reinforce_loss(logprobs, adv, mask)
-    assert loss.item() == pytest.approx(-0.9)
-    assert reinforce_loss(logprobs, adv.unsqueeze(1).expand(2, 3), mask).item() == pytest.approx(-0.9)
-    loss.backward()
-    assert logprobs.grad is not None
-    close(logprobs.grad, [[-0.4, -0.4, 0.0], [0.2, 0.2, 0.2]])
+def test_kl_to_go_sums_the_kl_still_to_come_and_skips_padding():
+    kl = t([0.5, 0.25, 0.125], [1.0, 2.0, 7.0])
+    mask = t([1, 1, 1], [1, 1, 0])
+    # row 0: .875 .375 .125; row 1: 3, 2, and 0 on the pad (its 7 never counts)
+    close(kl_to_go(kl, mask), [[0.875, 0.375, 0.125], [3.0, 2.0, 0.0]])
+
+
+def test_moving_baseline_is_an_exponential_average_not_a_cumulative_mean():
+    b = MovingBaseline(decay=0.5)
+    # batch 1 (mean 2): no history, centred on its own mean; baseline stays 2
+    close(b.advantages(torch.tensor([1.0, 3.0])), [-1.0, 1.0])
+    # batch 2 (mean 4): centred on 2, then 0.5 * 2 + 0.5 * 4 = 3
+    close(b.advantages(torch.tensor([4.0, 4.0])), [2.0, 2.0])
+    # batch 3 (mean 0): centred on 3 (a cumulative mean of the batches would be (2 + 4) / 2 = 3 too), then 1.5
+    close(b.advantages(torch.tensor([0.0, 0.0])), [-3.0, -3.0])
+    # batch 4: centred on 1.5; a cumulative mean would give (2 + 4 + 0) / 3 = 2
+    close(b.advantages(torch.tensor([1.5, 1.5])), [0.0, 0.0])
+    again = MovingBaseline(decay=0.1)
+    again.load_state_dict(b.state_dict())
+    assert again.state_dict() == b.state_dict() == {"decay": 0.5, "value": 1.5, "initialised": True}
+    with pytest.raises(ValueError):
+        MovingBaseline(decay=1.0)
 
 
 # --- LM loss -----------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -10,12 +12,21 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     GPT2Config,
+    LlamaConfig,
     PreTrainedTokenizerFast,
 )
 
 from tiller.batching import batch
 from tiller.chat import END, SPECIAL_TOKENS
-from tiller.models import PAD, REWARD_FILE, ScalarModel, load_policy, load_tokenizer, position_ids_from_mask
+from tiller.models import (
+    PAD,
+    REWARD_FILE,
+    VALUE_FILE,
+    ScalarModel,
+    load_policy,
+    load_tokenizer,
+    position_ids_from_mask,
+)
 
 DOCS = ["the cat sat on the mat", "what is two and three", "hello there my friend"] * 20
 
@@ -136,7 +147,6 @@ def test_scalar_model_save_load_round_trip(chat_dir, tmp_path):
     assert hf.config.num_labels == 1 and (tmp_path / "rm" / REWARD_FILE).is_file()
 
 
-@pytest.mark.slow  # builds the session's tiny base model
 def test_pretrained_base_loads_with_plain_transformers(tiny_base_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_base_dir)
     tok = AutoTokenizer.from_pretrained(tiny_base_dir)
@@ -146,3 +156,78 @@ def test_pretrained_base_loads_with_plain_transformers(tiny_base_dir):
     ids = tok("<|user|>\nHi<|end|>\n<|assistant|>\n", return_tensors="pt")["input_ids"]
     out = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
     assert out.shape[1] <= ids.shape[1] + 3
+
+
+def _save_llama(d, tok, dtype: torch.dtype = torch.float32):
+    """A tiny random Llama (a bias-free ``score`` head, float attention dropout) saved with ``tok``."""
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=64, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg, dtype=dtype).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def llama_dir(chat_dir, tmp_path_factory):
+    return _save_llama(tmp_path_factory.mktemp("llama"), load_tokenizer(chat_dir))
+
+
+@pytest.fixture(scope="module")
+def bf16_dir(chat_dir, tmp_path_factory):
+    return _save_llama(tmp_path_factory.mktemp("bf16"), load_tokenizer(chat_dir), torch.bfloat16)
+
+
+def _dtypes(model: torch.nn.Module) -> set[torch.dtype]:
+    return {p.dtype for p in model.parameters()}
+
+
+def test_trainable_models_load_in_float32_frozen_ones_keep_the_checkpoint_dtype(bf16_dir):
+    """Issue #11: AdamW on bf16 weights has no fp32 master copy, so small updates round away."""
+    assert _dtypes(load_policy(bf16_dir, device="cpu")[0]) == {torch.float32}  # the default is trainable
+    frozen, _ = load_policy(bf16_dir, device="cpu", trainable=False)
+    assert _dtypes(frozen) == {torch.bfloat16}
+    assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+    assert _dtypes(load_policy(bf16_dir, device="cpu", dtype=torch.float16)[0]) == {torch.float16}
+    assert _dtypes(ScalarModel.from_pretrained(bf16_dir)) == {torch.float32}
+    frozen_rm = ScalarModel.from_pretrained(bf16_dir, trainable=False)
+    assert _dtypes(frozen_rm) == {torch.bfloat16} and not frozen_rm.training
+
+
+def _reward_model(path, tok, out) -> ScalarModel:
+    """An RM folder at ``out`` with a random head and a normalisation that is not the identity."""
+    rm = _random_head(ScalarModel.from_pretrained(path, tok))
+    rm.bias, rm.gain = 0.75, 2.5
+    rm.save_pretrained(out)
+    tok.save_pretrained(out)
+    return rm
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_value_model_folds_the_rm_normalisation_into_its_head(arch, llama_dir, chat_dir, tmp_path):
+    """V starts on the scale of the rewards PPO sees: token_values at the last token == gain*(raw+bias)."""
+    tok = load_tokenizer(chat_dir)
+    rm = _reward_model(llama_dir if arch == "llama" else chat_dir, tok, tmp_path / "rm")
+    assert rm.hf.score.bias is None  # both architectures' heads lack a bias; the fold must add one
+    value = ScalarModel.value_from(tmp_path / "rm", tok).eval()
+    assert (value.kind, value.bias, value.gain) == ("value", 0.0, 1.0)
+    b = batch([[5, 6, 7, 9], [8, 9]], tok.pad_token_id, "left")
+    with torch.no_grad():
+        want = rm.normalise(rm(**b))
+        got = value.token_values(**b)[:, -1]
+        assert torch.allclose(got, want, atol=1e-5)
+        assert not torch.allclose(rm(**b), want, atol=1e-2)  # the raw head is on another scale
+
+    value.save_pretrained(tmp_path / "value")
+    assert not (tmp_path / "value" / REWARD_FILE).exists()  # a value folder must not pass for an RM
+    assert json.loads((tmp_path / "value" / VALUE_FILE).read_text())["kind"] == "value"
+    back = ScalarModel.from_pretrained(tmp_path / "value", tok).eval()
+    assert (back.kind, back.bias, back.gain) == ("value", 0.0, 1.0)
+    with torch.no_grad():
+        assert torch.equal(back.token_values(**b), value.token_values(**b))
+
+
+def test_value_model_from_a_policy_starts_at_zero(chat_dir):
+    value = ScalarModel.value_from(chat_dir).eval()
+    with torch.no_grad():
+        assert value.token_values(**batch([[5, 6, 7], [8]], pad_id=1)).abs().max() == 0.0

@@ -17,7 +17,6 @@ import torch
 
 from tiller.data import Ranking, write_jsonl
 from tiller.models import load_policy
-from tiller.rl import build_sequences, policy_forward
 from tiller.runs import MANIFEST
 from tiller.stages.best_of_n import select_best
 
@@ -46,23 +45,6 @@ def short_rm(tiny_base_dir, tiny_world_dir, tmp_path_factory) -> Path:
     metrics = train_rm(cfg, str(tiny_base_dir), [work / "rankings.jsonl"], None, work / "rm", work / "logs")
     assert metrics["eval/accuracy"] > 0.8, metrics  # the RM must have learned the rule for the RL tests to mean anything
     return work / "rm"
-
-
-def test_logprobs_under_left_padding_match_unpadded(tiny_base_dir):
-    model, tok = load_policy(tiny_base_dir)
-    model.eval()
-    prompts = [tok("<|user|>\nHi<|end|>\n<|assistant|>\n")["input_ids"],
-               tok("<|user|>\nWhat is 2 + 3 and why?<|end|>\n<|assistant|>\n")["input_ids"]]
-    responses = [tok("hello there<|end|>")["input_ids"], tok("5.<|end|>")["input_ids"]]
-    b = build_sequences(prompts, responses, tok.pad_token_id).to(model.device)
-    with torch.no_grad():
-        batched, _ = policy_forward(model, b, temperature=0.7)
-        for i in range(2):
-            one = build_sequences([prompts[i]], [responses[i]], tok.pad_token_id).to(model.device)
-            alone, _ = policy_forward(model, one, temperature=0.7)
-            n = len(responses[i])
-            assert torch.allclose(batched[i, :n], alone[0, :n], atol=1e-5)
-            assert b.mask[i].sum() == n
 
 
 def test_select_best_keeps_the_highest_scored_answer_per_prompt():

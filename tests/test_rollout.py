@@ -3,6 +3,7 @@ GPT-2 and Llama), and its recorded log-probabilities against a fresh forward (th
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -96,18 +97,48 @@ def test_compiled_decode_step_gives_the_eager_tokens(tiny_base_dir):
             assert torch.allclose(a, b, atol=1e-5, rtol=0)
 
 
-def test_a_model_trains_after_sampling(model_and_tok):
-    """Sampling runs in inference mode; nothing it leaves behind (logprobs, model state) may break a backward."""
+def _sft_loss(model, b) -> torch.Tensor:
+    """Mean negative log-likelihood of the response tokens."""
+    lp, _ = policy_forward(model, b, 1.0)
+    return -(lp * b.mask).sum() / b.mask.sum()
+
+
+@pytest.mark.parametrize("train_mode", [True, False])
+def test_a_model_trains_after_sampling(model_and_tok, train_mode):
+    """The loop sampler runs under inference mode and switches the model to eval(); afterwards the model is
+    in the mode it was in, the sampler's logprobs can sit in a loss that is differentiated, and a few
+    optimiser steps lower an SFT loss on a fixed answer (the weights still train)."""
     model, tok = model_and_tok
+    model = copy.deepcopy(model)  # the fixture is shared by the module: train a copy
+    model.train(train_mode)
     ro = generate(model, tok, PROMPTS, n=2, max_new_tokens=8, seed=0, backend="loop")
+    assert model.training is train_mode
+    assert not any(p.is_inference() for p in model.parameters())
+
+    # the PPO ratio against the sampler's logprobs backpropagates into every weight
     b = build_sequences(ro.prompt_ids, ro.response_ids, tok.pad_token_id)
     old = old_logprobs(model, b, ro.logprobs, 1.0)
-    model.train()
     lp, _ = policy_forward(model, b, 1.0)
     (torch.exp(lp - old) * b.mask).sum().backward()
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
     model.zero_grad(set_to_none=True)
+
+    # SFT on one fixed answer per prompt: the loss must fall
+    target = tok("The baker in the river town sells bread.", add_special_tokens=False)["input_ids"]
+    fixed = build_sequences(ro.prompt_ids, [target] * len(ro.prompt_ids), tok.pad_token_id)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.eval()  # no dropout while measuring
+    with torch.no_grad():
+        before = _sft_loss(model, fixed).item()
+    model.train()
+    for _ in range(5):
+        opt.zero_grad()
+        _sft_loss(model, fixed).backward()
+        opt.step()
     model.eval()
+    with torch.no_grad():
+        after = _sft_loss(model, fixed).item()
+    assert after < 0.8 * before, (before, after)
 
 
 def test_prefill_falls_back_to_the_models_own_cache(model_and_tok):

@@ -16,8 +16,6 @@ from tiller.data import Ranking, read_records, write_jsonl
 from tiller.runs import MANIFEST, read_manifest
 from tiller.tracking import read_metrics
 
-pytestmark = pytest.mark.slow
-
 WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "rock", "fish", "bird", "milk"]
 
 
@@ -146,6 +144,7 @@ def test_default_scorer_matches_training_truncation(banana_rm, tiny_world_dir):
     assert abs(sum(scores) / len(scores)) < 1e-4
 
 
+@pytest.mark.slow  # three reward models: ~9 s on a loaded 2-core machine, the slowest of this module
 def test_rm_ensemble_over_merged_labelers(tiny_base_dir, tiny_world_dir, tmp_path):
     """Three labelers per prompt, one of whom always reverses the rule: rankings of one response set train as
     one item with 2/3 targets, and an ensemble of two scores with the mean of its members."""

@@ -14,7 +14,7 @@ from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
+import yaml  # type: ignore[import-untyped]  # stubs are the separate types-PyYAML package
 
 T = TypeVar("T")
 
@@ -69,7 +69,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
         vt = args[1] if len(args) > 1 else Any
         return {str(k): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
-    if is_dataclass(tp):
+    if isinstance(tp, type) and is_dataclass(tp):  # an annotation is a class, never a dataclass instance
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):

@@ -108,7 +108,8 @@ def ranking_loss(scores: Tensor, ranks: Tensor, valid: Tensor) -> tuple[Tensor, 
     return preference_loss(scores, pairs.to(scores.dtype), valid)
 
 
-def preference_loss(scores: Tensor, prefs: Tensor, valid: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+def preference_loss(scores: Tensor, prefs: Tensor, valid: Tensor,
+                    weights: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """``ranking_loss`` with soft pair targets: the mean of several labelers' ranking losses in one pass.
 
     prefs (B,K,K): prefs[b,i,j] = share of the item's labelers who ranked i above j (0 where nobody did,
@@ -116,6 +117,10 @@ def preference_loss(scores: Tensor, prefs: Tensor, valid: Tensor) -> tuple[Tenso
     prefs, so it equals the mean of ``ranking_loss`` over the item's L rankings exactly, while every
     response goes through the model once instead of L times. With one ranking, prefs is 0/1 and this is
     ``ranking_loss``. Stats weigh each pair by its share of labelers (accuracy against the labels).
+
+    ``weights`` (B,), e.g. each item's number of rankings L_b, make the batch loss the weighted mean
+    sum_b w_b loss_b / sum_b w_b: with w_b = L_b a batch of merged items has exactly the loss of one element
+    per ranking, so an answer set ranked by four labelers counts four times, as four rankings would.
     """
     valid = valid.bool()
     s = scores.masked_fill(~valid, 0.0)  # padding may hold NaN/inf; keep it out of the graph
@@ -126,7 +131,11 @@ def preference_loss(scores: Tensor, prefs: Tensor, valid: Tensor) -> tuple[Tenso
     n_comb = k_b * (k_b - 1) / 2
     per_record = -(w * F.logsigmoid(diff)).sum((1, 2)) / n_comb.clamp_min(1.0)
     keep = k_b >= 2
-    loss = per_record[keep].mean() if bool(keep.any()) else s.sum() * 0.0
+    w_b = torch.ones_like(per_record) if weights is None else weights.to(per_record)
+    if bool(keep.any()):
+        loss = (per_record * w_b)[keep].sum() / w_b[keep].sum().clamp_min(_EPS)
+    else:
+        loss = s.sum() * 0.0
 
     with torch.no_grad():
         n_pairs = w.sum()
@@ -356,12 +365,41 @@ def grpo_advantages(scores: Tensor, k: int, eps: float = 1e-4) -> Tensor:
     return ((s - s.mean(1, keepdim=True)) / (s.std(1, keepdim=True) + eps)).reshape(-1)
 
 
-def reinforce_loss(logprobs: Tensor, advantages: Tensor, mask: Tensor) -> Tensor:
-    """-(A * logprob) masked mean over tokens; per-sequence advantages (B,) broadcast over T."""
-    advantages = advantages.detach()  # a baseline-corrected return is a constant in the gradient
-    if advantages.dim() == 1:
-        advantages = advantages.unsqueeze(1)
-    return masked_mean(-(advantages * logprobs), mask)
+def kl_to_go(kl: Tensor, mask: Tensor) -> Tensor:
+    """Per-token KL summed from each token to the end of its answer: (B,T) -> (B,T), 0 on padding.
+
+    With gamma 1, the return of the per-token penalty ``-beta * kl_t`` from token t on is ``-beta * kl_to_go``,
+    so a critic-free advantage ``A_seq - beta * kl_to_go`` carries the same KL-penalised objective as PPO's
+    per-token rewards, while the group statistics (RLOO's baseline, GRPO's std) see the score alone."""
+    kl = kl * mask.to(kl.dtype)
+    return kl.flip(1).cumsum(1).flip(1) * mask.to(kl.dtype)
+
+
+class MovingBaseline:
+    """REINFORCE's baseline: an exponential moving average of the batch mean score (Williams 1992).
+
+    ``advantages`` subtracts the baseline *before* this batch is folded in (the baseline must not depend on
+    the sample it centres); the very first batch is centred on its own mean, since there is no history."""
+
+    def __init__(self, decay: float = 0.9) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"baseline decay must be in [0, 1), got {decay}")
+        self.decay, self.value, self.initialised = float(decay), 0.0, False
+
+    def advantages(self, scores: Tensor) -> Tensor:
+        mean = float(scores.detach().float().mean())
+        if not self.initialised:
+            self.value, self.initialised = mean, True
+        adv = scores - self.value
+        self.value = self.decay * self.value + (1.0 - self.decay) * mean
+        return adv
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "value": self.value, "initialised": self.initialised}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.decay, self.value = float(state["decay"]), float(state["value"])
+        self.initialised = bool(state["initialised"])
 
 
 # --- SFT / pretraining mix (the "ptx" of PPO-ptx) ---------------------------------------------------

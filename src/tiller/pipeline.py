@@ -47,7 +47,11 @@ class EvalSettings:
 
 @dataclass
 class RunConfig:
-    rounds: int = field(2, help="rounds of sample -> label -> rm -> rl (InstructGPT iterates steps 2-3)")
+    """The defaults are the tuned run of ``configs/default.yaml`` (why each value: the comments there), so
+    ``tiller run`` with no ``--config`` is that run; tests/test_run_defaults.py keeps the two equal. Stage
+    configs keep their own, general defaults for ``tiller pretrain``, ``tiller ppo`` and the others."""
+
+    rounds: int = field(3, help="rounds of sample -> label -> rm -> rl (InstructGPT iterates steps 2-3)")
     base_model: str = field("", help="start from this HF model (folder or hub name) instead of pretraining one")
     arms: list[str] = field(default_factory=lambda: ["ppo-noptx", "bon"], help="comparison arms trained in round 1")
     later_round_iterations: int = field(0, help="RL iterations in rounds after the first (0: as round 1)")
@@ -55,7 +59,7 @@ class RunConfig:
         "sft", help="where RL of rounds after the first starts: the SFT model (each round's policy is trained "
                     "afresh against a better RM, as InstructGPT's PPO models were) or the previous round's policy")
     later_rounds_sft_k: int = field(
-        0, help="in rounds after the first, this many of the K answers per prompt come from the SFT model and the "
+        2, help="in rounds after the first, this many of the K answers per prompt come from the SFT model and the "
                 "rest from the newest policy, so the new comparisons also contrast the policy's habits with what it "
                 "left behind (e.g. its refusals with SFT's compliance on harmful requests)")
     rule_rm_flags: list[str] = field(
@@ -64,18 +68,26 @@ class RunConfig:
              "answers rank below the others, e.g. [harmful_advice, violent]) and RL subtracts its score when "
              "below 0; [] (the default) leaves it out")
     world: WorldConfig = field(default_factory=WorldConfig, help="the embedded world")
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig, help="stage 0")
-    sft: SFTConfig = field(default_factory=SFTConfig, help="stage 1")
-    sample: SampleConfig = field(default_factory=SampleConfig, help="K answers per prompt for ranking")
-    label: LabelConfig = field(default_factory=LabelConfig, help="who ranks (world labelers by default)")
-    rm: RMConfig = field(default_factory=RMConfig, help="stage 2")
-    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(ptx_coef=1.0), help="stage 3 (PPO-ptx)")
-    bon: BoNConfig = field(default_factory=BoNConfig, help="best-of-K arm")
+    pretrain: PretrainConfig = field(
+        default_factory=lambda: PretrainConfig(arch="llama", batch_size=8, lr=0.002, max_tokens=2_000_000,
+                                               max_minutes=4.5), help="stage 0")
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(epochs=6, lr=0.001), help="stage 1")
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(k=4, n_prompts=700),
+                                 help="K answers per prompt for ranking")
+    label: LabelConfig = field(default_factory=lambda: LabelConfig(labeler="world", overlap=4),
+                               help="who ranks (world labelers by default)")
+    rm: RMConfig = field(default_factory=lambda: RMConfig(epochs=1, lr=0.001, normalize_std=True, ensemble=3),
+                         help="stage 2")
+    ppo: PPOConfig = field(
+        default_factory=lambda: PPOConfig(iterations=12, rollout_batch=64, minibatch_size=32, ppo_epochs=2, lr=0.0002,
+                                          kl_coef=0.05, ptx_coef=1.0, ptx_batch_size=8, ptx_block=64, eval_every=5),
+        help="stage 3 (PPO-ptx)")
+    bon: BoNConfig = field(default_factory=lambda: BoNConfig(k=4, n_prompts=400), help="best-of-K arm")
     eval: EvalSettings = field(default_factory=EvalSettings, help="evaluation")
 
 
 KEY_METRICS = ("eval/perplexity", "loss/eval", "sets", "rankings", "eval/accuracy", "data/labeler_agreement",
-               "objective/score", "objective/kl", "eval/rm_score", "eval/gold_score", "mean_score_best", "seconds")
+               "objective/score", "objective/kl", "eval/rm_score", "mean_score_best", "seconds")
 
 
 class Timer:
@@ -89,9 +101,10 @@ class Timer:
         print(f"== {name}", flush=True)
         out = fn(*args, **kwargs)
         self.seconds[name] = time.time() - t
+        shown = ""
         if isinstance(out, dict):
             shown = ", ".join(f"{k} {out[k]:.4g}" for k in KEY_METRICS if isinstance(out.get(k), (int, float)))
-            print(f"   {self.seconds[name]:.0f}s  {shown}", flush=True)
+        print(f"   {self.seconds[name]:.0f}s  {shown}".rstrip(), flush=True)
         return out
 
 
@@ -108,8 +121,7 @@ def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
     manifest = wd / "manifest.json"
     if force or not manifest.is_file() or json.loads(manifest.read_text()).get("config") != to_dict(cfg.world):
         timer("world", build_world, cfg.world, wd)
-    world = load_world(wd)
-    gold = lambda prompts, texts: [world.judge.score(p, t) for p, t in zip(prompts, texts, strict=True)]  # noqa: E731
+    world = load_world(wd)  # for evaluation at the end: the training stages below see only its files
     prompts = wd / "prompts.jsonl"
     base = cfg.base_model or str(rd / "base")
     if not cfg.base_model:
@@ -118,7 +130,10 @@ def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
     sft_dir = str(rd / "sft")
     timer("sft", sft, cfg.sft, base, wd / "demos.jsonl", rd / "sft", logs, force)
     policies = {"base": base, "sft": sft_dir}
-    rm_results, rankings, policy = {}, [], sft_dir
+    rm_metrics: dict[str, dict] = {}
+    rms: dict[str, tuple[Path, list[Path]]] = {}  # round -> (RM folder, the rankings it learned from), for eval
+    rankings: list[Path] = []
+    policy = sft_dir
     for r in range(1, cfg.rounds + 1):
         samples = data / f"samples-r{r}.jsonl"
         s_cfg = replace(cfg.sample, seed=cfg.sample.seed + r)
@@ -135,7 +150,7 @@ def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
         rm_dir = rd / f"rm-r{r}"
         rm_cfg = replace(cfg.rm, allow_empty=True)  # rankings of model samples: an empty answer is data
         m = timer(f"rm-r{r}", train_rm, rm_cfg, sft_dir, list(rankings), wd / "demos.jsonl", rm_dir, logs, force)
-        rm_results[f"r{r}"] = {**m, "gold_accuracy": rm_gold_accuracy(world, rm_dir, rankings, cfg.rm)}
+        rm_metrics[f"r{r}"], rms[f"r{r}"] = m, (rm_dir, list(rankings))
         ppo_cfg = cfg.ppo
         if cfg.rule_rm_flags and not cfg.ppo.rewards:
             rule_dir = rd / f"rm-harmless-r{r}"
@@ -150,12 +165,12 @@ def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
         out = rd / f"policy-r{r}"
         start_from = policy if (r == 1 or cfg.later_rounds_from == "previous") else sft_dir
         timer(f"ppo-r{r}", train_ppo, ppo_cfg, start_from, sft_dir, prompts, out, logs, rm_path=str(rm_dir),
-              ptx_corpus=wd / "corpus-train.jsonl", gold_fn=gold, force=force)
+              ptx_corpus=wd / "corpus-train.jsonl", force=force)
         policies[f"ppo-ptx-r{r}"] = str(out)
         if r == 1 and "ppo-noptx" in cfg.arms:
             noptx = replace(ppo_cfg, ptx_coef=0.0)
             timer("ppo-noptx-r1", train_ppo, noptx, sft_dir, sft_dir, prompts, rd / "policy-noptx-r1", logs,
-                  rm_path=str(rm_dir), gold_fn=gold, force=force)
+                  rm_path=str(rm_dir), force=force)
             policies["ppo-noptx-r1"] = str(rd / "policy-noptx-r1")
         if r == 1 and "bon" in cfg.arms:
             timer("bon-r1", best_of_n, cfg.bon, sft_dir, prompts, rd / "bon-r1", logs, rm_path=str(rm_dir), force=force)
@@ -164,52 +179,15 @@ def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
     policies["final"] = policy
     from tiller.eval.pipeline_eval import evaluate_run
 
-    results = timer("eval", evaluate_run, cfg, rd, world, policies, rm_results, gold)
-    results["stage_seconds"] = timer.seconds
-    results["seconds_total"] = time.time() - start
+    results = timer("eval", evaluate_run, cfg, rd, world, policies, rms, rm_metrics)
+    results.stage_seconds = dict(timer.seconds)
+    results.seconds_total = time.time() - start
     ppo_logs = [f"ppo-policy-r{r}" for r in range(1, cfg.rounds + 1)] + ["ppo-policy-noptx-r1"]
-    results["training"] = {s: rows for s in ppo_logs if (rows := latest_rows(read_metrics(logs, s)))}
+    results.training = {s: rows for s in ppo_logs if (rows := latest_rows(read_metrics(logs, s)))}
     from tiller.eval.report import write_report
 
     report_dir = rd / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(report_dir / "results.json", json.dumps(results, indent=2, default=str))
+    atomic_write_text(report_dir / "results.json", json.dumps(results.to_dict(), indent=2, default=str))
     return write_report(results, report_dir)
 
-
-def rm_gold_accuracy(world, rm_dir: Path, rankings: list[Path], rm_cfg: RMConfig) -> float:
-    """On the RM's held-out prompts: share of response pairs with a strict gold preference that the RM
-    orders as the noiseless gold judge does (the labels it learned from were noisy).
-
-    Kept in ``rm_dir/gold-accuracy.json``: the RM folder is replaced whenever the RM is retrained, so a
-    rerun that skips the RM stage reads the figure instead of scoring the held-out set again."""
-    cache = rm_dir / "gold-accuracy.json"
-    key = [str(p) for p in rankings]
-    if cache.is_file() and (saved := json.loads(cache.read_text())).get("rankings") == key:
-        return float(saved["gold_accuracy"])
-    acc = _rm_gold_accuracy(world, rm_dir, rankings, rm_cfg)
-    atomic_write_text(cache, json.dumps({"rankings": key, "gold_accuracy": acc}))
-    return acc
-
-
-def _rm_gold_accuracy(world, rm_dir: Path, rankings: list[Path], rm_cfg: RMConfig) -> float:
-    from tiller.data import read_records
-    from tiller.scoring import RewardScorer
-    from tiller.stages.reward import split_by_prompt, to_items
-
-    records = [x for p in rankings for x in read_records(p, "ranking", allow_empty=True)]
-    _, held_out = split_by_prompt(records, rm_cfg.valid_fraction, rm_cfg.seed)
-    items = to_items(held_out, merge=True)  # each answer set once, whatever the labelers
-    flat = [(r.prompt, x) for r in items for x in r.responses]
-    scores = RewardScorer(str(rm_dir)).score([p for p, _ in flat], [x for _, x in flat])  # one batched pass
-    right, total, start = 0, 0, 0
-    for r in items:
-        s = scores[start : start + len(r.responses)]
-        start += len(r.responses)
-        gold = [world.judge.score(r.prompt, x) for x in r.responses]
-        for i in range(len(s)):
-            for j in range(i + 1, len(s)):
-                if abs(gold[i] - gold[j]) > 1e-6:
-                    total += 1
-                    right += (s[i] > s[j]) == (gold[i] > gold[j])
-    return right / max(total, 1)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.modules.dropout import _DropoutNd
+from transformers import PretrainedConfig
 
 from tiller.batching import pad
 from tiller.losses import logprobs_from_logits
@@ -47,7 +49,7 @@ def build_sequences(prompt_ids: list[list[int]], response_ids: list[list[int]], 
 
 
 @functools.cache
-def accepts(model_class: type, argument: str) -> bool:
+def accepts(model_class: type[nn.Module], argument: str) -> bool:
     """Whether ``model_class.forward`` takes ``argument`` (e.g. ``logits_to_keep``, which not every model has)."""
     return argument in inspect.signature(model_class.forward).parameters
 
@@ -69,16 +71,35 @@ def policy_forward(model: nn.Module, b: SequenceBatch, temperature: float) -> tu
     where the model has it)."""
     b = without_common_padding(b)
     width = b.response_ids.shape[1] + 1  # the last prompt position and the response positions
-    keep = {"logits_to_keep": width} if accepts(type(model), "logits_to_keep") else {}
+    # a class is hashable, but mypy checks type[X] against Hashable with the unbound X.__hash__
+    keep = {"logits_to_keep": width} if accepts(type(model), "logits_to_keep") else {}  # type: ignore[arg-type]
     out = model(input_ids=b.input_ids, attention_mask=b.attention_mask,
                 position_ids=position_ids_from_mask(b.attention_mask), **keep)
     logits = out.logits[:, -width:-1].float()
     return logprobs_from_logits(logits, b.response_ids, temperature), logits
 
 
+def _dropout_rates(model: nn.Module) -> list[tuple[object, str, float]]:
+    """Every float dropout rate a forward may read: ``(owner, attribute, rate)``.
+
+    Some models hold the rate as a float instead of an ``nn.Dropout`` (Llama and Qwen attention pass
+    ``self.attention_dropout`` to the attention kernel; configs carry ``attn_pdrop``, ``hidden_dropout``...),
+    so attributes whose name says dropout are read on every module and on every module's config. Only
+    floats: bools and ints are flags or counts, and ``nn.Dropout`` children live in ``_modules``."""
+    owners: dict[int, object] = {}
+    for m in model.modules():
+        owners.setdefault(id(m), m)
+        config = getattr(m, "config", None)
+        if isinstance(config, PretrainedConfig):
+            owners.setdefault(id(config), config)
+    return [(o, k, v) for o in owners.values() for k, v in vars(o).items()
+            if isinstance(v, float) and ("dropout" in k or "pdrop" in k)]
+
+
 def has_dropout(model: nn.Module) -> bool:
     """Whether a forward in train mode is random, so the sampler's logits are not the training forward's."""
-    return any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
+    modules = any(isinstance(m, _DropoutNd) and m.p > 0 for m in model.modules())
+    return modules or any(rate > 0 for _, _, rate in _dropout_rates(model))
 
 
 def old_logprobs(policy: nn.Module, b: SequenceBatch, sampled: list[torch.Tensor | None] | None,
@@ -109,35 +130,60 @@ def value_forward(value_model: ScalarModel, b: SequenceBatch) -> torch.Tensor:
 
 def disable_dropout(model: nn.Module) -> None:
     """RL needs the sampling policy and the trained policy to be the same function (lm-human-preferences
-    turns dropout off), otherwise the PPO ratio is not 1 on the first minibatch."""
+    turns dropout off), otherwise the PPO ratio is not 1 on the first minibatch. Zeroes ``nn.Dropout``
+    modules and the float rates of :func:`_dropout_rates` (issue #11: Llama's attention dropout is one)."""
     for m in model.modules():
-        if isinstance(m, nn.Dropout):
+        if isinstance(m, _DropoutNd):
             m.p = 0.0
+    for owner, name, _ in _dropout_rates(model):
+        setattr(owner, name, 0.0)
 
 
 class EMA:
-    """Exponential moving average of a model's weights (InstructGPT appendix C.4: EMA decay 0.992)."""
+    """Exponential moving average of a model's weights (InstructGPT appendix C.4: EMA decay 0.992).
+
+    Call :meth:`update` after every optimizer step. The shadow starts at zero and the average is
+    ``shadow / (1 - decay**n)`` after ``n`` updates (Adam's bias correction), so it is a weighted mean of
+    the post-step weights only: without the correction, and updated once per rollout, the saved policy
+    kept 73-91% of the initial weights (issue #11). Float entries of the state dict (parameters and
+    buffers) are averaged in at least float32; other entries are left alone."""
 
     def __init__(self, model: nn.Module, decay: float):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.dtype.is_floating_point}
+        self.n = 0
+        self.shadow = {k: torch.zeros_like(v, dtype=torch.promote_types(v.dtype, torch.float32))
+                       for k, v in model.state_dict().items() if v.dtype.is_floating_point}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """Fold in the model's current weights: ``shadow = decay * shadow + (1 - decay) * weights``."""
         for k, v in model.state_dict().items():
             if k in self.shadow:
-                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+                self.shadow[k].lerp_(v.detach().to(self.shadow[k].dtype), 1 - self.decay)
+        self.n += 1
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.shadow
+    def average(self) -> dict[str, torch.Tensor]:
+        """The bias-corrected average of the weights seen so far (needs at least one update)."""
+        if self.n == 0:
+            raise ValueError("EMA.average before any update")
+        correction = 1 - self.decay**self.n
+        return {k: s / correction for k, s in self.shadow.items()}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for k, v in state.items():
+    def state_dict(self) -> dict[str, object]:
+        return {"n": self.n, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.n = int(state["n"])
+        for k, v in state["shadow"].items():
             self.shadow[k].copy_(v)
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
-        model.load_state_dict(self.shadow, strict=False)
+        """Write the average into ``model``; with no update yet the model is its own average, left as is."""
+        if self.n:
+            model.load_state_dict(self.average(), strict=False)
 
 
 class RunningMoments:

@@ -17,13 +17,13 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 
 from tiller.batching import batch, encode_prompt
-from tiller.chat import clean_response
+from tiller.chat import ROLE_TOKENS, clean_response
 from tiller.models import position_ids_from_mask, stop_token_ids
 from tiller.rl import accepts
 from tiller.training import progress
@@ -40,25 +40,34 @@ class Rollout:
     prompt_ids: list[list[int]] = field(default_factory=list)
     response_ids: list[list[int]] = field(default_factory=list)  # up to and including the stop token
     texts: list[str] = field(default_factory=list)
-    ended: list[bool] = field(default_factory=list)  # stopped by <|end|>/EOS rather than by length
+    ended: list[bool] = field(default_factory=list)  # stopped by <|end|>/EOS, not by length or a role header
     # per answer, log softmax(logits / temperature) of each response token as sampled (1-D float32), or
     # None where the answer is not the sampled stream (a sampled pad token was dropped); filled only by
     # the loop sampler at temperature > 0
     logprobs: list[torch.Tensor | None] = field(default_factory=list)
 
 
-def kept_positions(ids: list[int], stops: set[int], pad_id: int) -> tuple[list[int], bool]:
-    """Positions of the answer's tokens: up to and including the first stop token, else all but padding."""
+def kept_positions(ids: list[int], stops: set[int], pad_id: int,
+                   ends: set[int] | None = None) -> tuple[list[int], bool]:
+    """Positions of the answer's tokens: up to and including the first stop token, else all but padding.
+
+    The flag says whether the answer *ended*: stopped at a token of ``ends`` (default: any stop). A stop
+    that is not an end (a role header: the model went on to write the user's turn) cuts the answer there,
+    so nothing after it is trained on, but it is not a finished answer."""
+    ends = stops if ends is None else ends
     for i, t in enumerate(ids):
         if t in stops:
-            return list(range(i + 1)), True
+            return list(range(i + 1)), t in ends
     return [i for i, t in enumerate(ids) if t != pad_id], False
 
 
-def cut_at_stop(ids: list[int], stops: set[int], pad_id: int) -> tuple[list[int], bool]:
-    """Keep tokens up to and including the first stop token; drop padding after it."""
-    keep, ended = kept_positions(ids, stops, pad_id)
-    return [ids[i] for i in keep], ended
+def sampling_stops(tok: PreTrainedTokenizerBase) -> tuple[list[int], set[int]]:
+    """Token ids that stop sampling (the end marker, EOS and every role header) and the subset that
+    *ends* an answer properly (end marker and EOS). Stopping at a role header keeps the sampled tokens and
+    the answer's text the same thing: ``chat.clean_response`` cuts the text there too."""
+    ends = stop_token_ids(tok)
+    headers = [cast(int, tok.convert_tokens_to_ids(t)) for t in ROLE_TOKENS.values()]  # one token, one id
+    return ends + [h for h in headers if h not in ends and h != tok.unk_token_id], set(ends)
 
 
 # --- one sampling step --------------------------------------------------------------------------------
@@ -72,14 +81,20 @@ def top_p_filter(scaled: torch.Tensor, top_p: float) -> torch.Tensor:
     return scaled.masked_fill(remove_sorted.scatter(1, sorted_idx, remove_sorted), -float("inf"))
 
 
-def pick_next(logits: torch.Tensor, temperature: float, top_p: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+def pick_next(logits: torch.Tensor, temperature: float, top_p: float,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Next token per row (B,) and its log-probability under the *unfiltered* softmax(logits / T), the
-    quantity PPO's ratio uses; greedy (T = 0) has no such distribution and returns None."""
+    quantity PPO's ratio and KL use; greedy (T = 0) has no such distribution and returns None.
+    ``generator``: the caller's own random stream (the server's per-request seed), else torch's global one.
+
+    With ``top_p < 1`` the token comes from the nucleus, so this log-probability is not the sampling
+    distribution's: RL therefore refuses ``top_p < 1`` (``PPOConfig.validate``), and only sampling for
+    ranking, best-of-n and serving, which use no log-probabilities, may filter."""
     if temperature <= 0:
         return logits.argmax(-1), None
     scaled = logits.float() / temperature
     filtered = top_p_filter(scaled, top_p) if top_p < 1.0 else scaled
-    nxt = torch.multinomial(filtered.softmax(-1), num_samples=1).squeeze(1)
+    nxt = torch.multinomial(filtered.softmax(-1), num_samples=1, generator=generator).squeeze(1)
     logp = scaled.gather(1, nxt[:, None]).squeeze(1) - scaled.logsumexp(-1)
     return nxt, logp
 
@@ -110,8 +125,9 @@ def call_options(model: PreTrainedModel) -> dict[str, Any]:
     """How to call this model class: the KV-cache argument's name (transformers 5 renamed
     ``past_key_values`` to ``cache``) and whether it takes ``logits_to_keep``. Looked up outside the
     compiled step, which should not trace ``inspect``."""
-    return {"cache_key": "cache" if accepts(type(model), "cache") else "past_key_values",
-            "keep_last": accepts(type(model), "logits_to_keep")}
+    # a class is hashable, but mypy checks type[X] against Hashable with the unbound X.__hash__
+    return {"cache_key": "cache" if accepts(type(model), "cache") else "past_key_values",  # type: ignore[arg-type]
+            "keep_last": accepts(type(model), "logits_to_keep")}  # type: ignore[arg-type]
 
 
 def prefill(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -184,12 +200,14 @@ def sample_loop(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask:
     step: Step = COMPILED_STEP if compile and static else forward_last
     next_pos = positions[:, -1:] + 1
     done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
-    tokens, logps = [], []
+    tokens: list[torch.Tensor] = []
+    logps: list[torch.Tensor] = []
     for t in range(max_new_tokens):
         nxt, logp = pick_next(logits, temperature, top_p)
         nxt = nxt.masked_fill(done, pad_id)
         tokens.append(nxt)
-        logps.append(logp)
+        if logp is not None:  # None exactly when temperature <= 0, where logps is not used
+            logps.append(logp)
         done |= torch.isin(nxt, stops)
         if t + 1 == max_new_tokens or bool(done.all()):
             break
@@ -209,7 +227,9 @@ def sample_hf(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: t
         kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
     else:
         kwargs.update(do_sample=False)
-    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    # generate comes from GenerationMixin, which transformers mixes into the causal-LM classes, not into
+    # PreTrainedModel, so mypy falls back to nn.Module.__getattr__ (Tensor | Module)
+    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)  # type: ignore[operator]
     return out[:, input_ids.shape[1] :]
 
 
@@ -236,7 +256,7 @@ def generate(
     model.eval()
     if seed is not None:
         torch.manual_seed(seed)
-    stop_list = stop_token_ids(tok)
+    stop_list, ends = sampling_stops(tok)
     stops = set(stop_list)
     encoded = [encode_prompt(tok, p)[-max_prompt_len:] for p in prompts]
     flat = [ids for ids in encoded for _ in range(n)]
@@ -255,12 +275,13 @@ def generate(
             new = sample_hf(model, enc["input_ids"], enc["attention_mask"], stop_list, tok.pad_token_id,
                             max_new_tokens, temperature, top_p)
         for i, (p_ids, ids) in enumerate(zip(chunk, new.tolist(), strict=True)):
-            keep, ended = kept_positions(ids, stops, tok.pad_token_id)
+            keep, ended = kept_positions(ids, stops, tok.pad_token_id, ends)
             resp = [ids[j] for j in keep]
             out.prompt_ids.append(p_ids)
             out.response_ids.append(resp)
             out.ended.append(ended)
-            out.texts.append(clean_response(tok.decode(resp, skip_special_tokens=False)))
+            # decode of one id list is one string (list[str] is for a batch)
+            out.texts.append(clean_response(cast(str, tok.decode(resp, skip_special_tokens=False))))
             if logps is not None:
                 out.logprobs.append(logps[i, : len(keep)] if keep == list(range(len(keep))) else None)
         bar.update(len(chunk))

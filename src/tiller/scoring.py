@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,7 +43,8 @@ class RewardScorer:
     def __init__(self, path: str, device: str | None = None, batch_size: int = 64, max_len: int | None = None,
                  uncertainty: float = 0.0):
         tok = load_tokenizer(path)
-        models = [ScalarModel.from_pretrained(m, tok).to(device or default_device()) for m in reward_members(path)]
+        models = [ScalarModel.from_pretrained(m, tok, trainable=False).to(device or default_device())
+                  for m in reward_members(path)]
         if max_len is None:  # score with the truncation the RM was trained (and its bias set) with
             meta = Path(path) / REWARD_FILE
             max_len = json.loads(meta.read_text()).get("max_len", 256) if meta.is_file() else 256
@@ -61,9 +63,25 @@ class RewardScorer:
         self.models, self.tok = [m.eval() for m in models], tok
         self.batch_size, self.max_len = batch_size, max_len
 
-    def encode(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[list[int]]:
-        return [join(encode_prompt(self.tok, p), encode_response(self.tok, r), self.max_len)[0]
-                for p, r in zip(prompts, responses, strict=True)]
+    def encode(self, prompts: Sequence[Any], responses: Sequence[str],
+               ended: Sequence[bool] | None = None) -> list[list[int]]:
+        """Token ids of prompt + answer as the RM was trained on them; an answer with ``ended`` False was cut
+        off before its end marker and is encoded without one, so the RM sees it unfinished."""
+        done = ended if ended is not None else [True] * len(responses)
+        return [join(encode_prompt(self.tok, p), self._response_ids(r, d), self.max_len)[0]
+                for p, r, d in zip(prompts, responses, done, strict=True)]
+
+    def _response_ids(self, response: str, ended: bool) -> list[int]:
+        return encode_response(self.tok, response) if ended else self.tok(response, add_special_tokens=False)["input_ids"]
+
+    def reads_ids_of(self, tok) -> bool:
+        """Whether token ids from ``tok`` mean the same to this RM (same vocabulary), so a policy's sampled
+        tokens can be scored as they are instead of through decoded text."""
+        return tok is self.tok or tok.get_vocab() == self.tok.get_vocab()
+
+    def score_ids(self, token_ids: Sequence[tuple[list[int], list[int]]]) -> list[float]:
+        """Scores of (prompt ids, response ids) pairs exactly as sampled (prompt cut from the left to fit)."""
+        return self._combine([join(list(p), list(r), self.max_len)[0] for p, r in token_ids])
 
     @torch.no_grad()
     def _raw(self, seqs: list[list[int]], member: int) -> torch.Tensor:
@@ -76,8 +94,11 @@ class RewardScorer:
     def raw_scores(self, prompts: Sequence[Any], responses: Sequence[str], member: int = 0) -> torch.Tensor:
         return self._raw(self.encode(prompts, responses), member)
 
-    def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
-        seqs = self.encode(prompts, responses)
+    def score(self, prompts: Sequence[Any], responses: Sequence[str],
+              ended: Sequence[bool] | None = None) -> list[float]:
+        return self._combine(self.encode(prompts, responses, ended))
+
+    def _combine(self, seqs: list[list[int]]) -> list[float]:
         per_member = torch.stack([m.normalise(self._raw(seqs, i)) for i, m in enumerate(self.models)])
         if self.uncertainty and len(self.models) > 1:
             return (per_member.mean(0) - self.uncertainty * per_member.std(0, correction=0)).tolist()
@@ -107,8 +128,18 @@ class HTTPScorer:
     def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
         body = json.dumps({"prompts": list(prompts), "responses": list(responses)}).encode()
         req = urllib.request.Request(self.url, body, {"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=self.timeout) as r:
-            scores = json.loads(r.read())["scores"]
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                reply = json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"{self.url} answered HTTP {e.code} {e.reason}") from e
+        except urllib.error.URLError as e:
+            raise RuntimeError(f"{self.url} cannot be reached: {e.reason}") from e
+        except json.JSONDecodeError as e:
+            raise RuntimeError(f"{self.url} did not answer JSON: {e}") from e
+        scores = reply.get("scores") if isinstance(reply, dict) else None
+        if not isinstance(scores, list):
+            raise RuntimeError(f'{self.url} answered without a "scores" list')
         if len(scores) != len(responses):
             raise RuntimeError(f"{self.url} returned {len(scores)} scores for {len(responses)} responses")
         return [float(s) for s in scores]
@@ -160,16 +191,33 @@ def combine(parts: dict[str, torch.Tensor], sources: Sequence[RewardSource],
 
 
 class CompositeReward:
-    """All reward sources of a run; ``score`` gives the combined reward and each part (for metrics)."""
+    """All reward sources of a run; ``score`` gives the combined reward and each part (for metrics).
 
-    def __init__(self, sources: Sequence[RewardSource], device: str | None = None):
+    With ``policy_tok`` (RL), a reward model that shares the policy's vocabulary scores the tokens the policy
+    sampled, not a re-encoding of their decoded text: decoding, stripping and re-encoding can change the
+    tokens, and would append an end marker to an answer that was cut off. Other sources see the text."""
+
+    def __init__(self, sources: Sequence[RewardSource], device: str | None = None, policy_tok=None):
         if not sources:
             raise ConfigError("at least one reward source is needed")
         self.sources = list(sources)
         self.names = [s.name or f"{s.kind}{i}" for i, s in enumerate(self.sources)]
         self.scorers = [make_scorer(s, device) for s in self.sources]
+        self.by_ids = [policy_tok is not None and isinstance(sc, RewardScorer) and sc.reads_ids_of(policy_tok)
+                       for sc in self.scorers]
 
-    def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        parts = {n: torch.tensor(sc.score(prompts, responses), dtype=torch.float32)
-                 for n, sc in zip(self.names, self.scorers, strict=True)}
+    def score(self, prompts: Sequence[Any], responses: Sequence[str], ended: Sequence[bool] | None = None,
+              token_ids: Sequence[tuple[list[int], list[int]]] | None = None,
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``ended``: whether each answer stopped at its end marker; ``token_ids``: (prompt, response) ids as
+        sampled, used by reward models that read the policy's tokens."""
+        parts = {}
+        for name, sc, by_ids in zip(self.names, self.scorers, self.by_ids, strict=True):
+            if by_ids and token_ids is not None:
+                vals = sc.score_ids(token_ids)
+            elif isinstance(sc, RewardScorer):
+                vals = sc.score(prompts, responses, ended)
+            else:
+                vals = sc.score(prompts, responses)
+            parts[name] = torch.tensor(vals, dtype=torch.float32)
         return combine(parts, self.sources, self.names), parts

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS  # type: ignore[import-untyped]  # accelerate ships no py.typed
 
 
 class Tracker:

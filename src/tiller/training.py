@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed as _accelerate_set_seed
-from tqdm.auto import tqdm
+from accelerate import Accelerator  # type: ignore[import-untyped]  # accelerate ships no py.typed
+from accelerate.utils import set_seed as _accelerate_set_seed  # type: ignore[import-untyped]  # as above
+from tqdm.auto import tqdm  # type: ignore[import-untyped]  # stubs are the separate types-tqdm package
 from transformers import get_cosine_schedule_with_warmup
 
 from tiller.runs import atomic_dir
@@ -41,7 +41,8 @@ def make_optimizer(
     model: torch.nn.Module, lr: float, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.95)
 ) -> torch.optim.Optimizer:
     """AdamW with no weight decay on biases and norms (the usual GPT recipe)."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "norm" in name or "ln_" in name else decay).append(p)

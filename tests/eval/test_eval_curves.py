@@ -108,9 +108,11 @@ def test_bon_curve_on_tiny_model(tiny_policy_and_rm):
 
     # the same seed draws the same samples: recompute the n=1 and n=8 rows independently
     model, tok = load_policy(policy)
-    texts = generate(model, tok, PROMPTS, n=8, temperature=1.0, seed=3, max_new_tokens=12).texts
+    ro = generate(model, tok, PROMPTS, n=8, temperature=1.0, seed=3, max_new_tokens=12)
+    texts = ro.texts
     flat = [p for p in PROMPTS for _ in range(8)]
-    rm = np.array(RewardScorer(str(rm_path)).score(flat, texts)).reshape(3, 8)
+    assert not all(ro.ended)  # some answers were cut off: they are scored unfinished, as RL scores them
+    rm = np.array(RewardScorer(str(rm_path)).score(flat, texts, ro.ended)).reshape(3, 8)
     lengths = np.array([len(t) for t in texts], dtype=float).reshape(3, 8)
     assert rows[0]["rm_score"] == pytest.approx(rm[:, 0].mean(), abs=1e-5)
     assert rows[0]["gold_score"] == pytest.approx(lengths[:, 0].mean())

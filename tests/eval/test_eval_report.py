@@ -1,6 +1,9 @@
 import json
+import re
 
+import numpy as np
 import pytest
+from matplotlib.image import imread
 
 from tiller.eval.report import (
     elo_rows,
@@ -10,8 +13,37 @@ from tiller.eval.report import (
     report_cmd,
     write_report,
 )
+from tiller.eval.results import RunResults, Sample
 
 PNGS = ["winrates.png", "family_scores.png", "overoptimisation.png", "training.png", "elo.png", "calibration.png"]
+DPI = 110  # the report's savefig resolution
+# figure size in inches of each plot of FULL (None: depends on the layout), worked out from tiller.eval.report:
+# 3 families, 4 training metrics (2 rows of 3.2 in), 3 Elo rows (0.4 in each + 1.2 in)
+SIZES = {"winrates.png": (7, None), "family_scores.png": (6, 3.6), "overoptimisation.png": (10, 3.8),
+         "training.png": (10, 6.4), "elo.png": (6, 2.4), "calibration.png": (4.6, 4.4)}
+
+
+def check_png(path, size) -> np.ndarray:
+    """The file decodes as an image of about the figure's size (bbox_inches="tight" trims or grows the margins a
+    little) and is not blank: a good share of its pixels differ from the background, in many colours."""
+    img = imread(path)
+    h, w = img.shape[:2]
+    assert 0.85 * size[0] * DPI <= w <= 1.05 * size[0] * DPI, (path.name, w)
+    if size[1] is not None:
+        assert 0.85 * size[1] * DPI <= h <= 1.1 * size[1] * DPI, (path.name, h)
+    rgb = img[..., :3]
+    drawn = np.abs(rgb - rgb[0, 0]).sum(-1) > 0.05  # differs from the corner (background) colour
+    assert drawn.mean() > 0.03, (path.name, drawn.mean())
+    assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 50, path.name  # lines, text and fills, not one flat fill
+    return img
+
+
+def table_after(html: str, heading: str) -> tuple[list[str], list[list[str]]]:
+    """The header cells and the body rows (cell texts) of the first table after ``heading``."""
+    table = html[html.index(heading):].split("</table>")[0]
+    head = re.findall(r"<th>(.*?)</th>", table.split("</thead>")[0])
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in table.split("<tbody>")[1].split("</tr>")[:-1]]
+    return head, rows
 
 
 def ev(score, refusal, halluc, loss, samples=()):
@@ -69,12 +101,26 @@ FULL = {
 
 
 def test_full_report(tmp_path):
-    html_path = write_report(FULL, tmp_path)
+    html_path = write_report(RunResults.from_dict(FULL), tmp_path)
     assert html_path == tmp_path / "report.html"
     html = html_path.read_text()
-    for png in PNGS:
-        assert (tmp_path / png).stat().st_size > 5000, png
-        assert f'src="{png}"' in html
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(PNGS)
+    images = [check_png(tmp_path / png, SIZES[png]) for png in PNGS]
+    for i, a in enumerate(images):  # six different plots, not one saved six times
+        assert all(a.shape != b.shape or not np.array_equal(a, b) for b in images[i + 1:]), PNGS[i]
+    assert sorted(re.findall(r'<img src="([^"]*)"', html)) == sorted(PNGS)  # each plot shown once, no other
+    # the tables hold the given results in the right cells
+    assert table_after(html, "<h3>final vs sft</h3>") == (
+        ["family", "win rate", "95% CI", "n", "ties"],
+        [["arithmetic", "60.0%", "[45.0%, 75.0%]", "40", "10.0%"], ["overall", "72.5%", "[64.0%, 81.0%]", "120", "5.0%"]])
+    head, rows = table_after(html, "<h2>Policies</h2>")
+    assert head == ["policy", "gold score", "correct", "refusal rate", "hallucination rate", "pretraining loss", "Elo"]
+    assert rows[1] == ["sft", "1.500", "50.0%", "40.0%", "30.0%", "2.200", "1150"]
+    assert rows[-1] == ["ppo-ptx-r2", "2.000", "50.0%", "80.0%", "12.5%", "2.240", "1260"]
+    assert [r[0] for r in rows] == ["base", "sft", "ppo-ptx-r1", "ppo-noptx-r1", "ppo-ptx-r2"]
+    assert table_after(html, "<h2>Reward models</h2>") == (
+        ["round", "accuracy on held-out labels", "labeler agreement", "gold accuracy"],
+        [["r1", "74.0%", "75.0%", "80.0%"], ["r2", "71.0%", "73.0%", "83.0%"]])
     # headline: win rates, refusal / hallucination vs SFT, alignment tax, Elo
     assert "72.5%" in html and "[64.0%, 81.0%]" in html and "90.0%" in html
     assert "12.5%" in html and "SFT 30.0%" in html and "SFT 40.0%" in html
@@ -112,40 +158,46 @@ def test_sparse_report_degrades(tmp_path):
                "win_rates": {"final vs sft": {"overall": {"rate": 0.55}}}, "curves": {"bon": []},
                "headroom": {"rows": [{"n": 2, "rm": "bad"}, "junk"]},
                "training": {"ppo-policy-r1": [{"step": 1}]}, "rm": {"r1": {"calibration": "oops"}}}
-    html = write_report(results, tmp_path).read_text()
+    html = write_report(RunResults.from_dict(results), tmp_path).read_text()
     assert "55.0%" in html and "<h2>Stage timings</h2>" not in html
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["winrates.png"]
+    check_png(tmp_path / "winrates.png", (7, None))
+    assert re.findall(r'<img src="([^"]*)"', html) == ["winrates.png"]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics == {"win_rate/final_vs_sft": 0.55, "score/sft": 1.2}  # NaN left out, valid JSON
 
     only_final = {"evals": {"ppo-r1": {"samples": [{"family": "style", "prompt": "Hi <b>", "response": "Hello."}]}}}
-    html = write_report(only_final, tmp_path / "only-final").read_text()
+    html = write_report(RunResults.from_dict(only_final), tmp_path / "only-final").read_text()
     assert "<th>ppo-r1 (gold score)</th>" in html and "Hi &lt;b&gt;" in html and "SFT (gold" not in html
 
     # intervals that do not contain the rating (another anchor) are dropped, not drawn with negative error bars
-    shifted = {"elo": {"a": 1000.0, "b": 900.0}, "elo_intervals": {"a": [1040.0, 1060.0], "b": [930.0, 990.0]}}
+    shifted = RunResults.from_dict({"elo": {"a": 1000.0, "b": 900.0},
+                                    "elo_intervals": {"a": [1040.0, 1060.0], "b": [930.0, 990.0]}})
     assert elo_rows(shifted) == [("a", 1000.0, None, None), ("b", 900.0, None, None)]
     assert (write_report(shifted, tmp_path / "shifted").parent / "elo.png").is_file()
 
     empty = tmp_path / "empty"
-    html = write_report({}, empty).read_text()
+    html = write_report(RunResults(), empty).read_text()
     assert "No evaluation results." in html and json.loads((empty / "metrics.json").read_text()) == {}
 
 
 def test_final_policy_choice():
-    assert final_policy(FULL) == "ppo-ptx-r2"
-    assert final_policy({"policies": {"sft": "s", "final": "elsewhere"}, "evals": {"final": {}}}) == "final"
-    assert final_policy({"evals": {"sft": {}, "ppo-r10": {}, "ppo-r9": {}}}) == "ppo-r10"
-    assert final_policy({"evals": {"sft": {}, "ppo-noptx-r1": {}, "bon-r1": {}}}) == "bon-r1"
-    assert final_policy({"final": "mine", "evals": {"ppo-r1": {}}}) == "mine"
-    assert final_policy({}) is None
-    assert headline_metrics(FULL, "sft")["refusal_rate/final"] == 0.4
+    def final(d):
+        return final_policy(RunResults.from_dict(d))
+
+    assert final(FULL) == "ppo-ptx-r2"
+    assert final({"policies": {"sft": "s", "final": "elsewhere"}, "evals": {"final": {}}}) == "final"
+    assert final({"evals": {"sft": {}, "ppo-r10": {}, "ppo-r9": {}}}) == "ppo-r10"
+    assert final({"evals": {"sft": {}, "ppo-noptx-r1": {}, "bon-r1": {}}}) == "bon-r1"
+    assert final({"final": "mine", "evals": {"ppo-r1": {}}}) == "mine"
+    assert final({}) is None
+    assert headline_metrics(RunResults.from_dict(FULL), "sft")["refusal_rate/final"] == 0.4
 
 
 def test_samples_round_robin_over_families():
-    base = [{"family": f, "prompt": f"{f}{i}"} for f in ("a", "b") for i in range(8)]
+    base = [Sample(family=f, prompt=f"{f}{i}") for f in ("a", "b") for i in range(8)]
     picked = pick_samples(base, base, k=5)
-    assert [a["prompt"] for a, _ in picked] == ["a0", "b0", "a1", "b1", "a2"]
+    assert [a.prompt for a, _ in picked] == ["a0", "b0", "a1", "b1", "a2"]
     assert all(b is a for a, b in picked)
     assert [b for _, b in pick_samples(base, base[:1], k=2)] == [base[0], None]  # no answer from final
 
@@ -165,4 +217,5 @@ def test_report_cmd(tmp_path, monkeypatch, capsys):
     assert "results.json:3: not valid JSON" in capsys.readouterr().err
     (folder / "results.json").write_text(json.dumps(FULL))
     assert report_cmd("demo").resolve() == folder / "report.html"
-    assert (folder / "metrics.json").is_file() and (folder / "winrates.png").is_file()
+    assert (folder / "metrics.json").is_file()
+    check_png(folder / "winrates.png", SIZES["winrates.png"])

@@ -20,6 +20,7 @@ def load_bench():  # noqa: ANN201
     return module
 
 
+@pytest.mark.slow  # 10 labelers for 5 s against a real server: ~25 s on a loaded 2-core machine
 @pytest.mark.skipif(not BENCH.exists(), reason="bench/label_load.py not in this checkout")
 def test_concurrent_labelers_lose_and_duplicate_nothing(db_url: str, tmp_path: Path) -> None:
     bench = load_bench()

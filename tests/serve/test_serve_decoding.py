@@ -6,35 +6,40 @@ import pytest
 import torch
 
 from tiller.chat import SPECIAL_TOKENS
-from tiller.serve.decoding import DeltaStream, sample_next, top_p_filter, visible_text
+from tiller.rollout import pick_next, top_p_filter
+from tiller.serve.decoding import DeltaStream, visible_text
 
 
-def test_top_p_keeps_smallest_set_reaching_mass() -> None:
-    probs = torch.tensor([0.1, 0.5, 0.3, 0.1])
+def test_nucleus_keeps_smallest_set_reaching_mass() -> None:
+    # serving samples through rollout's filter; on logits (B, V), its kept set renormalised by softmax
+    logits = torch.tensor([[0.1, 0.5, 0.3, 0.1]]).log()
     # sorted 0.5, 0.3, 0.1, 0.1; mass before each: 0, 0.5, 0.8, 0.9 -> keep 0.5 and 0.3, renormalise
-    torch.testing.assert_close(top_p_filter(probs, 0.7), torch.tensor([0.0, 0.625, 0.375, 0.0]))
-    # the top token alone already reaches 0.5
-    torch.testing.assert_close(top_p_filter(probs, 0.5), torch.tensor([0.0, 1.0, 0.0, 0.0]))
-    torch.testing.assert_close(top_p_filter(probs, 1.0), probs)
+    kept = top_p_filter(logits, 0.7).softmax(-1)
+    torch.testing.assert_close(kept, torch.tensor([[0.0, 0.625, 0.375, 0.0]]))
+    # the top token alone already reaches 0.4
+    torch.testing.assert_close(top_p_filter(logits, 0.4).softmax(-1), torch.tensor([[0.0, 1.0, 0.0, 0.0]]))
 
 
-def test_sample_next_greedy_and_nucleus() -> None:
-    logits = torch.tensor([0.0, 3.0, 1.0, -2.0])
-    assert sample_next(logits, temperature=0.0, top_p=1.0) == 1
+def test_pick_next_greedy_and_nucleus() -> None:
+    logits = torch.tensor([[0.0, 3.0, 1.0, -2.0]])
+
+    def draws(temperature: float, top_p: float, n: int) -> set[int]:
+        g = torch.Generator().manual_seed(0)
+        return {int(pick_next(logits, temperature, top_p, g)[0]) for _ in range(n)}
+
+    assert int(pick_next(logits, temperature=0.0, top_p=1.0)[0]) == 1
     # softmax mass of token 1 is e^3 / (1 + e^3 + e + e^-2) = 0.84 > 0.5: the nucleus is token 1 only
-    g = torch.Generator().manual_seed(0)
-    assert {sample_next(logits, 1.0, 0.5, g) for _ in range(50)} == {1}
+    assert draws(1.0, 0.5, 50) == {1}
     # with the full distribution every token with real mass appears over many draws
-    g = torch.Generator().manual_seed(0)
-    assert {sample_next(logits, 5.0, 1.0, g) for _ in range(400)} == {0, 1, 2, 3}
+    assert draws(5.0, 1.0, 400) == {0, 1, 2, 3}
 
 
-def test_sample_next_same_seed_same_tokens() -> None:
-    logits = torch.zeros(50)
+def test_pick_next_same_seed_same_tokens() -> None:
+    logits = torch.zeros(1, 50)
 
     def draws(seed: int) -> list[int]:
         g = torch.Generator().manual_seed(seed)
-        return [sample_next(logits, 1.0, 1.0, g) for _ in range(20)]
+        return [int(pick_next(logits, 1.0, 1.0, g)[0]) for _ in range(20)]
 
     assert draws(3) == draws(3)
     assert draws(3) != draws(4)  # 20 uniform draws from 50 tokens: equal by chance with p = 50^-20

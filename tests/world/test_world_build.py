@@ -110,7 +110,9 @@ def test_load_world_round_trip(tiny_dir, tiny_world):
 
 def test_manifest_has_agreement(tiny_dir):
     m = json.loads((tiny_dir / "manifest.json").read_text())
-    assert 0.0 < m["labeler_agreement"] <= 1.0
+    assert 0.0 < m["labeler_agreement_half_credit"] <= 1.0
+    assert 0.0 < m["gold_agreement_half_credit"] <= 1.0
+    assert "labeler_agreement" not in m  # one name per measure: the ties-excluded one is the reward stage's
     assert m["config"]["seed"] == 0 and m["corpus"]["train"]["chars"] >= 20_000
 
 

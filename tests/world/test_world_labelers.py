@@ -3,9 +3,10 @@ import random
 
 import pytest
 
+from tiller.data.agreement import half_credit_agreement
 from tiller.world import measure_agreement
 from tiller.world.build import agreement_items
-from tiller.world.labelers import FLAGS, LabelerPool, group_ranking, pair_agreement
+from tiller.world.labelers import FLAGS, LabelerPool, group_ranking
 
 
 def test_group_ranking_by_hand():
@@ -14,10 +15,11 @@ def test_group_ranking_by_hand():
     assert group_ranking([1.0, 0.0, 0.5], tie=1e-6, same=[0, 1, 0]) == [[0, 2], [1]]  # identical texts tie
 
 
-def test_pair_agreement_by_hand():
-    # pairs: (0,1) opposite -> 0, (0,2) same -> 1, (1,2) tied in one ranking only -> 0.5
-    assert pair_agreement([[0], [1, 2]], [[1], [0], [2]]) == (1.5, 3)
-    assert pair_agreement([[0, 1]], [[1, 0]]) == (1.0, 1)  # both tie
+def test_half_credit_agreement_by_hand():
+    # the measure the labeler pool reports; pairs: (0,1) opposite -> 0, (0,2) same -> 1,
+    # (1,2) tied in one ranking only -> 0.5
+    assert half_credit_agreement([[0], [1, 2]], [[1], [0], [2]]) == (1.5, 3)
+    assert half_credit_agreement([[0, 1]], [[1, 0]]) == (1.0, 1)  # both tie
 
 
 @pytest.mark.parametrize("k", [2, 4, 7])

@@ -1,12 +1,16 @@
 """Inter-labeler agreement on rankings: pure functions, no database.
 
 InstructGPT (Ouyang et al. 2022, sec. 5.1 / appendix B) reports that labelers agree with each other on
-72.6 +- 1.5% of comparisons. We measure the same thing here:
+72.6 +- 1.5% of comparisons without saying how ties count, so there are two measures here, under two names:
 
-* **pairwise agreement**: over every item labeled by two labelers and every pair of its answers, the
-  fraction that both labelers ordered the same way. A pair that *either* labeler put in a tie is left out
-  (a tie says "no preference", which neither agrees nor disagrees with an order, and the reward model
-  does not train on tied pairs either).
+* **pairwise agreement** (ties excluded): over every item labeled by two labelers and every pair of its
+  answers, the fraction that both labelers ordered the same way. A pair that *either* labeler put in a tie
+  is left out (a tie says "no preference", which neither agrees nor disagrees with an order, and the
+  reward model does not train on tied pairs either). The web app's batches and the reward stage's
+  ``data/labeler_agreement`` report this one, next to RM accuracy, which leaves ties out too.
+* **half-credit agreement** (ties counted): every pair counts; 1 when both order it the same way or both
+  tie it, 1/2 when exactly one ties it, 0 when they order it oppositely. The simulated world reports this
+  one (``labeler_agreement_half_credit`` in its manifest), between two labelers and with the gold judge.
 * **Kendall's tau-b** between the two rankings of one item, averaged over all (item, labeler pair). tau-b
   corrects for ties: ``(nc - nd) / sqrt((n0 - n1) (n0 - n2))`` with ``n0 = K(K-1)/2`` and ``n1``, ``n2`` the
   pairs tied in each ranking. Undefined (skipped) when either ranking ties everything.
@@ -52,6 +56,13 @@ def pairwise_agreement(a: Ranking, b: Ranking) -> tuple[int, int]:
     """(pairs ordered the same way, pairs ordered by both labelers); tied pairs are excluded."""
     nc, nd, *_ = pair_counts(a, b)
     return nc, nc + nd
+
+
+def half_credit_agreement(a: Ranking, b: Ranking) -> tuple[float, int]:
+    """(credit, pairs): 1 per pair ordered the same way or tied in both, 1/2 per pair tied in one only,
+    over every pair of the shared answers."""
+    nc, nd, ta, tb, tboth = pair_counts(a, b)
+    return nc + tboth + 0.5 * (ta + tb), nc + nd + ta + tb + tboth
 
 
 def kendall_tau_b(a: Ranking, b: Ranking) -> float | None:

@@ -58,7 +58,7 @@ def iter_rows(path: str | Path) -> Iterator[tuple[DataError | None, Any, dict[st
     suffixes = [s for s in p.suffixes if s != ".gz"]
     ext = suffixes[-1] if suffixes else ""
     if ext == ".parquet":
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # type: ignore[import-untyped]  # pyarrow ships no py.typed
 
         for i, row in enumerate(pq.read_table(p).to_pylist()):
             yield None, row, {"record": i}
@@ -82,7 +82,7 @@ def iter_rows(path: str | Path) -> Iterator[tuple[DataError | None, Any, dict[st
 
 
 def _dataset_rows(p: Path) -> Iterator[tuple[DataError | None, Any, dict[str, Any]]]:
-    import datasets
+    import datasets  # type: ignore[import-untyped]  # datasets ships no py.typed
 
     try:
         ds = datasets.load_from_disk(str(p))

@@ -1,13 +1,17 @@
-"""Best-of-n curves and all-pairs gold matches: the data behind the overoptimisation plot and the Elo table.
+"""Best-of-n curves, RL curves judged by gold, and all-pairs gold matches: the data behind the
+overoptimisation plot and the Elo table.
 
 Best-of-n is the cheapest way to optimise against a reward model, and its KL from the sampling policy is
 known in closed form, so plotting RM and gold score against that KL shows how far the RM can be pushed
-before the gold score turns down (Stiennon et al. 2020, appendix G.3; Gao et al. 2022, section 2).
+before the gold score turns down (Stiennon et al. 2020, appendix G.3; Gao et al. 2022, section 2). RL's own
+curve comes from its policy folder: PPO records the RM score and KL of each evaluation point and the answers
+behind them, and :func:`rl_curve` adds their gold score here, so training never sees the judge.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -57,12 +61,12 @@ def sample_and_score(policy_path: str | Path, rm_path: str | Path, prompts: Sequ
     from tiller.rollout import generate
     from tiller.scoring import RewardScorer
 
-    model, tok = load_policy(policy_path)
-    texts = generate(model, tok, list(prompts), n=n, temperature=temperature, seed=seed,
-                     max_new_tokens=max_new_tokens).texts
+    model, tok = load_policy(policy_path, trainable=False)
+    ro = generate(model, tok, list(prompts), n=n, temperature=temperature, seed=seed, max_new_tokens=max_new_tokens)
+    texts = ro.texts
     del model
     flat = [p for p in prompts for _ in range(n)]
-    rm = np.array(RewardScorer(str(rm_path)).score(flat, texts), dtype=float).reshape(len(prompts), n)
+    rm = np.array(RewardScorer(str(rm_path)).score(flat, texts, ro.ended), dtype=float).reshape(len(prompts), n)
     gold = np.array([float(x) for x in gold_fn(flat, texts)], dtype=float).reshape(len(prompts), n)
     return texts, rm, gold
 
@@ -78,6 +82,34 @@ def bon_curve(policy_path: str | Path, rm_path: str | Path, prompts: Sequence[An
     """
     _, rm, gold = sample_and_score(policy_path, rm_path, prompts, max(ns), gold_fn, temperature, seed, max_new_tokens)
     return best_of_n(rm, gold, ns)
+
+
+def rl_curve(policy_dir: str | Path, judge: Any) -> list[dict[str, Any]]:
+    """The points of ``policy_dir/curve.json`` (``{iteration, episodes, kl, rm_score}``), each with
+    ``gold_score``: the mean ``judge.score`` of the answers of that point in ``curve-answers.jsonl`` (one line
+    ``{iteration, prompts, answers}`` per point, written by ``tiller ppo``). A point without answers (a
+    folder written before PPO kept them) keeps what it had."""
+    from tiller.stages.ppo import ANSWERS_FILE
+
+    folder = Path(policy_dir)
+    points = json.loads((folder / "curve.json").read_text())
+    said: dict[int, dict[str, Any]] = {}
+    if (folder / ANSWERS_FILE).is_file():
+        for line in (folder / ANSWERS_FILE).read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                said[int(row["iteration"])] = row
+    out = []
+    for point in points:
+        row = said.get(int(point["iteration"]))
+        if row is not None:
+            if not row["answers"] or len(row["answers"]) != len(row["prompts"]):
+                raise ValueError(f"{folder / ANSWERS_FILE}: iteration {row['iteration']} has "
+                                 f"{len(row['answers'])} answers for {len(row['prompts'])} prompts")
+            scores = [judge.score(p, t) for p, t in zip(row["prompts"], row["answers"], strict=True)]
+            point = {**point, "gold_score": sum(scores) / len(scores)}
+        out.append(point)
+    return out
 
 
 def gold_matches(judge: Any, answers: Mapping[str, Sequence[str]], prompts: Sequence[Any]) -> list[Match]:

@@ -114,16 +114,12 @@ def win_rates(judge, a: PolicyAnswers, b: PolicyAnswers) -> dict[str, dict[str, 
 @torch.no_grad()
 def corpus_loss(policy: str, corpus_valid: Path, max_docs: int = 400, block: int = 128) -> float:
     """Mean next-token loss on held-out pretraining text (the alignment tax of PPO vs PPO-ptx)."""
-    from tiller.stages.pretrain import read_corpus
+    from tiller.stages.pretrain import pack, read_corpus
 
     model, tok = load_policy(policy)
     model.eval()
-    docs = read_corpus(corpus_valid)[:max_docs]
-    ids: list[int] = []
-    for enc in tok(docs, add_special_tokens=False)["input_ids"]:
-        ids.extend(enc + [tok.eos_token_id])
-    n = len(ids) // block
-    x = torch.tensor(ids[: n * block]).view(n, block)
+    x = pack(read_corpus(corpus_valid)[:max_docs], tok, block)  # (n, block), packed as pretraining packs them
+    n = len(x)
     total = 0.0
     for i in range(0, n, 32):
         xb = x[i : i + 32].to(model.device)

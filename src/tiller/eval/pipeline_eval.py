@@ -6,11 +6,20 @@ alignment tax back? did each round beat the one before?); Elo ranks every checkp
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 from tiller.eval.evaluate import PolicyAnswers, answer, judge_answers, test_prompts, win_rates
+from tiller.eval.results import (
+    CurvePoint,
+    Headroom,
+    HeadroomRow,
+    PolicyEval,
+    RMRound,
+    RunResults,
+    Sample,
+    Scores,
+    WinRate,
+)
 
 COMPARISONS = [  # (name in the report, policy A, policy B)
     ("final vs sft", "final", "sft"),
@@ -25,12 +34,21 @@ COMPARISONS = [  # (name in the report, policy A, policy B)
 ]
 
 
-def evaluate_run(cfg, rd: Path, world, policies: dict[str, str], rm_results: dict, gold) -> dict[str, Any]:
-    from tiller.eval.curves import bon_curve, gold_matches, policy_headroom
+def evaluate_run(cfg, rd: Path, world, policies: dict[str, str], rms: dict[str, tuple[Path, list[Path]]],
+                 rm_metrics: dict[str, dict]) -> RunResults:
+    """Judge the run: ``policies`` maps names to policy folders, ``rms`` round names (``r1``, ...) to the
+    round's RM folder and the rankings it learned from, ``rm_metrics`` rounds to ``tiller rm``'s metrics.
+    The pipeline adds the timings and training curves to what this returns."""
+    from tiller.eval.curves import bon_curve, gold_matches, policy_headroom, rl_curve
     from tiller.eval.elo import elo_intervals, elo_ratings
     from tiller.eval.evaluate import corpus_loss
+    from tiller.eval.rm_accuracy import rm_gold_accuracy
 
     es = cfg.eval
+    judge = world.judge
+    rm_results = {r: RMRound.from_dict({**rm_metrics.get(r, {}),
+                                        "gold_accuracy": rm_gold_accuracy(judge, rm_dir, rankings, cfg.rm)})
+                  for r, (rm_dir, rankings) in rms.items()}
     prompts, families = test_prompts(world, es.n_per_family, es.seed)
     answers: dict[str, PolicyAnswers] = {}
     by_path: dict[str, PolicyAnswers] = {}
@@ -41,28 +59,30 @@ def evaluate_run(cfg, rd: Path, world, policies: dict[str, str], rm_results: dic
     evals = {}
     corpus_valid = rd / "world/corpus-valid.jsonl"
     for name, ans in answers.items():
-        per, overall, rows = judge_answers(world.judge, ans)
+        per, overall, rows = judge_answers(judge, ans)
         overall["pretrain_loss"] = corpus_loss(policies[name], corpus_valid)
-        evals[name] = {"policy": policies[name], "per_family": per, "overall": overall, "samples": rows[:60]}
-    wins = {title: win_rates(world.judge, answers[a], answers[b])
+        evals[name] = PolicyEval(policies[name], {f: Scores.from_dict(s) for f, s in per.items()},
+                                 Scores.from_dict(overall), [Sample.from_dict(r) for r in rows[:60]])
+    wins = {title: {f: WinRate.from_dict(w) for f, w in win_rates(judge, answers[a], answers[b]).items()}
             for title, a, b in COMPARISONS if a in answers and b in answers and policies[a] != policies[b]}
     distinct = {n: a for n, a in answers.items() if n != "final"}
-    matches = gold_matches(world.judge, {n: a.texts for n, a in distinct.items()}, prompts)
+    matches = gold_matches(judge, {n: a.texts for n, a in distinct.items()}, prompts)
     anchor = "sft" if "sft" in distinct else None
     elo = elo_ratings(matches, anchor=anchor)
-    curves: dict[str, Any] = {}
+    curves: dict[str, list[CurvePoint]] = {}  # RL's (RM score and KL from training, gold judged here), best-of-n
     for name, path in policies.items():
-        f = Path(path) / "curve.json"
-        if name != "final" and f.is_file():
-            curves[name] = json.loads(f.read_text())
-    if es.bon_curve and "r1" in rm_results:
+        if name != "final" and (Path(path) / "curve.json").is_file():
+            curves[name] = [CurvePoint.from_dict(p) for p in rl_curve(path, judge)]
+    if es.bon_curve and "r1" in rms:
         valid = [p["prompt"] for p in world.prompts if p["split"] == "valid"][:64]
-        curves["bon"] = bon_curve(policies["sft"], str(rd / "rm-r1"), valid, gold, seed=es.seed)
-    out = {"run": rd.name, "policies": policies, "evals": evals, "win_rates": wins, "elo": elo,
-           "elo_intervals": elo_intervals(matches, anchor=anchor), "curves": curves, "rm": rm_results}
-    if es.headroom_n > 1 and rm_results and "sft" in answers:
-        last = f"rm-r{max(int(r[1:]) for r in rm_results)}"
-        out["headroom"] = {"policy": "sft", "rm": last, "rows": policy_headroom(
-            policies["sft"], rd / last, prompts, answers["sft"].texts, world.judge, n=es.headroom_n,
-            temperature=es.temperature, seed=es.seed + 1)}
+        gold = lambda ps, ts: [judge.score(p, t) for p, t in zip(ps, ts, strict=True)]  # noqa: E731
+        curves["bon"] = [CurvePoint.from_dict(p)
+                         for p in bon_curve(policies["sft"], str(rms["r1"][0]), valid, gold, seed=es.seed)]
+    out = RunResults(run=rd.name, policies=dict(policies), evals=evals, win_rates=wins, elo=elo,
+                     elo_intervals=elo_intervals(matches, anchor=anchor), curves=curves, rm=rm_results)
+    if es.headroom_n > 1 and rms and "sft" in answers:
+        last_dir = rms[max(rms, key=lambda r: int(r[1:]))][0]
+        rows = policy_headroom(policies["sft"], last_dir, prompts, answers["sft"].texts, judge, n=es.headroom_n,
+                               temperature=es.temperature, seed=es.seed + 1)
+        out.headroom = Headroom("sft", Path(last_dir).name, [HeadroomRow.from_dict(r) for r in rows])
     return out

@@ -30,6 +30,3 @@ class Conflict(ServiceError):
 class NotAuthenticated(ServiceError):
     status_code = 401
 
-
-class TooManyRequests(ServiceError):
-    status_code = 429

@@ -1,40 +1,16 @@
-"""Pure pieces of decoding: choosing the next token and turning a growing text into safe deltas.
+"""Pure pieces of decoding: turning a growing text into safe deltas.
 
-Kept apart from the engine so each is tested on explicit small tensors and strings.
+Kept apart from the engine so each is tested on explicit strings. The next token is chosen by
+``tiller.rollout.pick_next``: serving and RL sample from the same distribution.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-
 # The replacement character a byte-level tokenizer decodes an unfinished UTF-8 sequence to; the next
 # token may complete it, so a stream holds it back while it is the last thing in the text.
 _INCOMPLETE = "\ufffd"
-
-
-def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Nucleus filter (Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration"): keep the
-    most probable tokens until their mass reaches ``top_p``, renormalised. probs: (V,) -> (V,)."""
-    if top_p >= 1.0:
-        return probs
-    sorted_probs, order = probs.sort(descending=True)
-    mass_before = sorted_probs.cumsum(-1) - sorted_probs  # (V,) mass of the more probable tokens
-    sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)  # the top token always stays
-    kept = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return kept / kept.sum()
-
-
-def sample_next(
-    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None = None
-) -> int:
-    """One token id from next-token logits (V,); temperature 0 is greedy (argmax)."""
-    if temperature <= 0.0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    probs = top_p_filter(probs, top_p)
-    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 def _held_suffix(text: str, stops: Sequence[str]) -> int:

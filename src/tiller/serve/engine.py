@@ -1,13 +1,13 @@
 """In-process chat generation over a tiller model: the one generator the API server and the playground share.
 
-A plain decode loop with a KV cache rather than ``model.generate`` so that streaming needs no thread and
-stop strings are checked on the text as it grows; the loop's greedy tokens are tested against
-``model.generate``. One lock serialises requests: the model and its cache are not safe to share.
+A decode loop of our own rather than ``model.generate`` so that streaming needs no thread and stop strings
+are checked on the text as it grows; it is built from ``tiller.rollout``'s pieces (the prompt's prefill
+into a static KV cache, the one-token forward, the choice of the next token), and its greedy tokens are tested
+against ``model.generate``. One lock serialises requests: the model and its cache are not safe to share.
 """
 
 from __future__ import annotations
 
-import inspect
 import threading
 from collections.abc import Generator, Iterator, Sequence
 from typing import Any, Literal, TypedDict
@@ -17,7 +17,8 @@ import torch
 from tiller.batching import encode_prompt
 from tiller.chat import ROLE_TOKENS, SPECIAL_TOKENS, to_messages
 from tiller.models import load_policy, stop_token_ids
-from tiller.serve.decoding import DeltaStream, sample_next
+from tiller.rollout import call_options, forward_last, pick_next, prefill
+from tiller.serve.decoding import DeltaStream
 
 
 class Usage(TypedDict):
@@ -71,9 +72,7 @@ class ChatEngine:
         candidates: list[Any] = [*stop_token_ids(self.tokenizer), *role_ids]
         self.stop_ids = {i for i in candidates if isinstance(i, int) and i != unk}
         self.max_context: int | None = getattr(self.model.config, "max_position_embeddings", None)
-        # transformers 5 renamed the KV-cache argument and output field from past_key_values to cache.
-        params = inspect.signature(self.model.forward).parameters
-        self._cache_key = "cache" if "cache" in params else "past_key_values"
+        self._call_options = call_options(self.model)  # the KV-cache argument's name, logits_to_keep
         self._lock = threading.Lock()
 
     def prompt_ids(self, messages: Any) -> list[int]:
@@ -148,15 +147,7 @@ class ChatEngine:
             deltas = DeltaStream(stops)
             ids: list[int] = []
             finish: Literal["stop", "length"] = "length"
-            inputs = torch.tensor([prompt_ids], device=self.device)  # (1, T) then (1, 1)
-            past = None
-            for _ in range(max_new_tokens):
-                # Grad mode is per thread and a server may resume this generator on another thread,
-                # so each forward pass gets its own inference_mode block.
-                with torch.inference_mode():
-                    out = self.model(input_ids=inputs, use_cache=True, **{self._cache_key: past})
-                past = getattr(out, self._cache_key)
-                token = sample_next(out.logits[0, -1], temperature, top_p, generator)
+            for token in self._tokens(prompt_ids, max_new_tokens, temperature, top_p, generator):
                 ids.append(token)
                 if token in self.stop_ids:
                     finish = "stop"
@@ -169,7 +160,6 @@ class ChatEngine:
                 if deltas.stopped:
                     finish = "stop"
                     break
-                inputs = torch.tensor([[token]], device=self.device)
             if not deltas.stopped:
                 answer_ids = ids[:-1] if finish == "stop" else ids
                 delta = deltas.update(self._decode(answer_ids), final=True)
@@ -181,3 +171,32 @@ class ChatEngine:
                 total_tokens=len(prompt_ids) + len(ids),
                 finish_reason=finish,
             )
+
+    # Grad mode is per thread and a server may resume this generator on another thread; the decorator
+    # re-enters inference mode at every resume (torch wraps generator functions so).
+    @torch.inference_mode()
+    def _tokens(
+        self, prompt_ids: list[int], max_new_tokens: int, temperature: float, top_p: float,
+        generator: torch.Generator,
+    ) -> Iterator[int]:
+        """Sampled token ids one at a time, until the caller stops asking or ``max_new_tokens``.
+
+        ``tiller.rollout.sample_loop`` for one unpadded prompt, token by token: it stops at the stop ids
+        after the batch's last row has, while an answer here also ends on a stop *string* that only the
+        caller sees in the decoded text, or on a client that leaves; the caller's ``break`` ends it."""
+        p = len(prompt_ids)
+        length = p + max_new_tokens
+        inputs = torch.tensor([prompt_ids], device=self.device)  # (1, p) then (1, 1)
+        mask = torch.zeros(1, length, dtype=torch.long, device=self.device)
+        mask[:, :p] = 1
+        positions = torch.arange(p, device=self.device)[None]
+        logits, cache, static = prefill(self.model, inputs, mask[:, :p], positions, length, self._call_options)
+        for t in range(max_new_tokens):
+            token, _ = pick_next(logits, temperature, top_p, generator)  # (1,); its log-probability is unused
+            yield int(token)
+            if t + 1 == max_new_tokens:
+                return
+            mask[:, p + t] = 1
+            width = length if static else p + t + 1  # a static cache takes the full-width mask
+            logits, cache = forward_last(self.model, token[:, None], mask[:, :width], positions[:, -1:] + t + 1,
+                                         cache, self._call_options)

@@ -11,10 +11,11 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from tiller.config import ConfigError, field
 from tiller.data import Demonstration, read_records, write_jsonl
-from tiller.models import load_policy
+from tiller.models import load_policy, load_tokenizer
 from tiller.rollout import generate
 from tiller.runs import atomic_dir, fingerprint, is_done, read_manifest, write_manifest
 from tiller.scoring import CompositeReward, RewardSource
@@ -39,7 +40,11 @@ class BoNConfig:
             raise ConfigError("k must be >= 2 and rounds >= 1")
 
 
-def select_best(prompts: list, texts: list[str], scores: list[float], k: int) -> list[tuple[object, str, float]]:
+PromptT = TypeVar("PromptT")
+
+
+def select_best(prompts: list[PromptT], texts: list[str], scores: list[float],
+                k: int) -> list[tuple[PromptT, str, float]]:
     """For each prompt, the answer with the highest score among its k consecutive samples."""
     out = []
     for i, p in enumerate(prompts):
@@ -53,22 +58,26 @@ def best_of_n(cfg: BoNConfig, policy_path: str, prompts_path: Path, out: Path, l
     sources = cfg.rewards or ([RewardSource(kind="rm", path=rm_path, name="rm")] if rm_path else [])
     if not sources:
         raise ConfigError("bon needs a reward: pass --rm PATH or rewards=[...]")
-    inputs = {"policy": policy_path, "prompts": prompts_path, **{f"reward{i}": s.path for i, s in enumerate(sources)}}
+    inputs: dict[str, str | Path] = {"policy": policy_path, "prompts": prompts_path,
+                                     **{f"reward{i}": s.path for i, s in enumerate(sources)}}
     fp = fingerprint("bon", cfg, inputs)
     if is_done(out, fp) and not force:
-        return read_manifest(out)["metrics"]
+        manifest = read_manifest(out)
+        assert manifest is not None  # is_done just read it
+        return manifest["metrics"]
     pool = [p.prompt for p in read_records(prompts_path, "prompt") if p.split == cfg.prompt_split]
     if not pool:
         raise ConfigError(f"{prompts_path}: no prompts in split {cfg.prompt_split!r}")
-    reward = CompositeReward(sources)
+    reward = CompositeReward(sources, policy_tok=load_tokenizer(policy_path))  # scores the sampled tokens
     current, history, start = policy_path, [], time.time()
     work = out.with_name(f".{out.name}.rounds")
     for r in range(1, cfg.rounds + 1):
         prompts = random.Random(f"{cfg.seed}-{r}").sample(pool, min(cfg.n_prompts, len(pool)))
-        model, tok = load_policy(current)
+        model, tok = load_policy(current, trainable=False)  # sampling only: the checkpoint's dtype
         ro = generate(model, tok, prompts, n=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                       seed=cfg.seed + r, show_progress=True)
-        scores = reward.score([p for p in prompts for _ in range(cfg.k)], ro.texts)[0].tolist()
+        scores = reward.score([p for p in prompts for _ in range(cfg.k)], ro.texts, ro.ended,
+                              list(zip(ro.prompt_ids, ro.response_ids, strict=True)))[0].tolist()
         best = [(p, t, s) for p, t, s in select_best(prompts, ro.texts, scores, cfg.k) if t.strip()]
         demos_path = work / f"best-r{r}.jsonl"
         write_jsonl(demos_path, [Demonstration(p, t) for p, t, _ in best])
@@ -78,7 +87,7 @@ def best_of_n(cfg: BoNConfig, policy_path: str, prompts_path: Path, out: Path, l
                         "mean_score_best": sum(s for *_, s in best) / max(len(best), 1), **m})
         current = str(round_out)
     metrics = {**history[-1], "rounds": cfg.rounds, "seconds": time.time() - start}
-    model, tok = load_policy(current)
+    model, tok = load_policy(current, trainable=False)  # re-saved as is, in its own dtype
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)

@@ -3,11 +3,13 @@
 objective(phi) = E[r(x, y) - kl_coef * log(pi(y|x) / pi_SFT(y|x))] + ptx_coef * E_pretrain[log pi(x)]
 
 Details follow openai/lm-human-preferences: the KL penalty is per token, the RM score lands on the last
-response token, GAE with gamma 1 and lambda 0.95, whitened advantages, clipped policy and value losses,
-an adaptive KL controller, logprobs at the sampling temperature, dropout off. The value model is a
-*separate* network initialised from the reward model (InstructGPT section 3.5), trained with its own
-optimiser. ``algo`` = reinforce | rloo | grpo share the rollout, reward and KL code and replace GAE with a
-sequence-level advantage (a moving baseline, leave-one-out or group-normalised), no value model.
+response token (scored from the tokens as sampled; an answer cut off before its end marker loses
+``missing_eos_penalty``), GAE with gamma 1 and lambda 0.95, whitened advantages, clipped policy and value
+losses, an adaptive KL controller, logprobs at the sampling temperature, dropout off. The value model is a
+*separate* network initialised from the reward model with its normalisation folded into the head
+(InstructGPT section 3.5), trained with its own optimiser. ``algo`` = reinforce | rloo | grpo share the
+rollout, reward and KL code and replace GAE with a per-answer advantage from the score alone (a moving
+baseline, leave-one-out or group-normalised) minus the KL still to come, no value model.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,10 +28,12 @@ from tiller.data import read_records
 from tiller.losses import (
     AdaptiveKLController,
     FixedKLController,
+    MovingBaseline,
     entropy_from_logits,
     gae,
     grpo_advantages,
     kl_penalized_rewards,
+    kl_to_go,
     masked_lm_loss,
     masked_mean,
     masked_whiten,
@@ -56,7 +59,7 @@ from tiller.scoring import CompositeReward, RewardSource
 from tiller.tracking import Tracker
 from tiller.training import Checkpointer, make_accelerator, make_optimizer, progress, set_seed
 
-GoldFn = Callable[[list[Any], list[str]], list[float]]
+ANSWERS_FILE = "curve-answers.jsonl"  # the answers of each evaluation point, for eval/ to judge
 
 
 @dataclass
@@ -66,12 +69,14 @@ class PPOConfig:
     rollout_batch: int = field(64, help="prompts per rollout batch")
     group_size: int = field(1, help="answers per prompt (rloo/grpo need >= 2)")
     minibatch_size: int = field(32, help="sequences per optimiser step")
-    grad_accum: int = field(1, help="micro-batches per minibatch (memory, not semantics)")
+    grad_accum: int = field(1, help="micro-batches per minibatch (memory, not semantics: losses are normalised by "
+                                    "the minibatch's tokens, and the ptx batch is drawn once per optimiser step)")
     ppo_epochs: int = field(4, help="passes over each rollout batch")
     lr: float = field(1e-4, help="policy learning rate")
     value_lr: float = field(3e-4, help="value model learning rate")
-    temperature: float = field(1.0, help="sampling temperature (logprobs use the same)")
-    top_p: float = field(1.0, help="nucleus sampling for rollouts")
+    temperature: float = field(1.0, help="sampling temperature, > 0 (logprobs, KL and entropy use the same)")
+    top_p: float = field(1.0, help="must be 1: PPO's ratio and KL are of the unfiltered distribution, so nucleus "
+                                   "sampling would be off-policy (sampling for ranking and best-of-n may filter)")
     sampler: Literal["loop", "hf"] = field("loop", help="rollout sampler: a static-cache decode loop that also "
                                            "gives the old logprobs, or Hugging Face generate")
     compile_sampler: bool = field(False, help="torch.compile the loop sampler's decode step (one-time cost)")
@@ -84,14 +89,20 @@ class PPOConfig:
     lam: float = field(0.95, help="GAE lambda")
     cliprange: float = field(0.2, help="policy ratio clip")
     cliprange_value: float = field(0.2, help="value clip")
-    whiten_advantages: bool = field(True, help="normalise advantages per rollout batch")
+    whiten_advantages: Literal["auto", "token", "sequence", "off"] = field(
+        "auto", help="auto: per token for ppo (lm-human-preferences), off for reinforce/rloo/grpo (RLOO's groups "
+                     "already sum to 0, GRPO's are already normalised); sequence (critic-free only): normalise the "
+                     "answers' advantages over the batch, each answer weighing once whatever its length")
+    baseline_decay: float = field(0.9, help="reinforce: decay of the exponential moving-average baseline")
     reward_scaling: bool = field(False, help="divide scores by their running standard deviation")
-    missing_eos_penalty: float = field(0.0, help="subtracted from the score of answers cut off before <|end|>")
+    missing_eos_penalty: float = field(1.0, help="subtracted from the score of answers that did not end with "
+                                                 "<|end|> (cut off by max_new_tokens; lm-human-preferences)")
     reward_clip: float = field(0.0, help="clip scores to +-this (0: off)")
     ptx_coef: float = field(0.0, help="PPO-ptx gamma: weight of the pretraining log-likelihood (0: plain PPO)")
     ptx_batch_size: int = field(16, help="pretraining sequences per optimiser step")
     ptx_block: int = field(128, help="pretraining sequence length")
-    ema_decay: float = field(0.0, help="EMA of policy weights saved as the result (InstructGPT: 0.992; 0: off)")
+    ema_decay: float = field(0.0, help="EMA of policy weights, updated every optimiser step with bias correction, "
+                                       "saved as the result (InstructGPT: 0.992; 0: off)")
     rewards: list[RewardSource] = field(default_factory=list, help="reward sources (default: the run's RM)")
     rm_uncertainty: float = field(0.0, help="with an ensemble RM (and no rewards=[...]): reward = mean - this * std "
                                             "of the members' scores (Coste et al. 2023)")
@@ -105,10 +116,28 @@ class PPOConfig:
     def validate(self) -> None:
         if self.algo in ("rloo", "grpo") and self.group_size < 2:
             raise ConfigError(f"algo {self.algo} needs group_size >= 2")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0 for RL, got {self.temperature}: greedy decoding has no "
+                              "distribution to compute logprobs, the KL or the PPO ratio from")
+        if self.top_p != 1.0:
+            raise ConfigError(f"top_p must be 1.0 for RL, got {self.top_p}: the PPO ratio and the KL are computed on "
+                              "the unfiltered distribution, so nucleus samples would be off-policy")
         if (self.rollout_batch * self.group_size) % self.minibatch_size:
             raise ConfigError("rollout_batch * group_size must be a multiple of minibatch_size")
         if self.minibatch_size % self.grad_accum:
             raise ConfigError("minibatch_size must be a multiple of grad_accum")
+        if self.ptx_coef and self.ptx_batch_size % self.grad_accum:
+            raise ConfigError("ptx_batch_size must be a multiple of grad_accum (one ptx batch per optimiser step)")
+        if self.algo == "ppo" and self.whiten_advantages == "sequence":
+            raise ConfigError("whiten_advantages=sequence is for reinforce/rloo/grpo; ppo whitens per token")
+        if not 0.0 <= self.baseline_decay < 1.0:
+            raise ConfigError(f"baseline_decay must be in [0, 1), got {self.baseline_decay}")
+
+    def whitening(self) -> str:
+        """The resolved ``whiten_advantages``: token, sequence or off."""
+        if self.whiten_advantages == "auto":
+            return "token" if self.algo == "ppo" else "off"
+        return self.whiten_advantages
 
 
 @torch.no_grad()
@@ -131,54 +160,110 @@ def sampling(cfg: PPOConfig) -> dict[str, Any]:
                 backend=cfg.sampler, compile=cfg.compile_sampler)
 
 
-def sequence_advantages(algo: str, rewards: torch.Tensor, k: int, baseline: RunningMoments) -> torch.Tensor:
-    """Per-sequence advantages for the critic-free algorithms. (N,)"""
+def sequence_advantages(algo: str, scores: torch.Tensor, k: int, baseline: MovingBaseline) -> torch.Tensor:
+    """Per-answer advantages of the critic-free algorithms, from the scores alone (the KL is a term of its
+    own, :func:`tiller.losses.kl_to_go`: inside GRPO's std it would turn tiny KL differences between tied
+    answers into unit-size advantages). (N,)"""
     if algo == "rloo":
-        return rloo_advantages(rewards, k)
+        return rloo_advantages(scores, k)
     if algo == "grpo":
-        return grpo_advantages(rewards, k)
-    adv = rewards - baseline.mean  # REINFORCE with a moving-average baseline (Williams 1992)
-    baseline.update(rewards)
-    return adv
+        return grpo_advantages(scores, k)
+    return baseline.advantages(scores)  # REINFORCE with a moving-average baseline (Williams 1992)
 
 
-def ptx_loss(policy, blocks: torch.Tensor, it: int, step: int, cfg: PPOConfig, device) -> torch.Tensor:
-    """Pretraining NLL per token on a batch drawn deterministically from (seed, iteration, step)."""
+def shaped_scores(cfg: PPOConfig, scores: torch.Tensor, ended: torch.Tensor, score_stats: RunningMoments) -> torch.Tensor:
+    """The reward's score after the missing-EOS penalty, optional running-std scaling and clipping. (N,)"""
+    if cfg.missing_eos_penalty:
+        scores = torch.where(ended, scores, scores - cfg.missing_eos_penalty)
+    if cfg.reward_scaling:
+        score_stats.update(scores)
+        scores = scores / max(score_stats.std, 1e-6)
+    if cfg.reward_clip:
+        scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
+    return scores
+
+
+def advantages_and_returns(cfg: PPOConfig, scores: torch.Tensor, old_lp: torch.Tensor, ref_lp: torch.Tensor,
+                           values: torch.Tensor, mask: torch.Tensor, beta: float,
+                           baseline: MovingBaseline) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(advantages, returns, per-token KL), each (N, R).
+
+    ppo: per-token rewards ``-beta * KL`` plus the score on the last token, then GAE against the values.
+    Critic-free: the answer's advantage from its score (:func:`sequence_advantages`) minus ``beta`` times the
+    KL still to come from each token, the same KL-penalised return as ppo's rewards with gamma 1."""
+    if cfg.algo == "ppo":
+        rewards, kl = kl_penalized_rewards(scores, old_lp, ref_lp, mask, beta)
+        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+    else:
+        kl = (old_lp - ref_lp) * mask
+        seq = sequence_advantages(cfg.algo, scores, cfg.group_size, baseline)
+        if cfg.whitening() == "sequence":
+            seq = (seq - seq.mean()) / (seq.std() + 1e-8)
+        advantages, returns = seq[:, None] * mask - beta * kl_to_go(kl, mask), torch.zeros_like(mask)
+    if cfg.whitening() == "token":
+        advantages = masked_whiten(advantages, mask)
+    return advantages, returns, kl
+
+
+def ptx_batch(blocks: torch.Tensor, cfg: PPOConfig, it: int, step: int) -> torch.Tensor:
+    """The pretraining blocks of optimiser step ``step`` of iteration ``it``: drawn from (seed, it, step)
+    alone, so a resumed run and any ``grad_accum`` see the same ones. (ptx_batch_size, ptx_block)"""
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it * 1009 + step)
-    idx = torch.randint(0, len(blocks), (cfg.ptx_batch_size,), generator=g)
-    x = blocks[idx].to(device)
-    return masked_lm_loss(policy(input_ids=x).logits, x)
+    return blocks[torch.randint(0, len(blocks), (cfg.ptx_batch_size,), generator=g)]
+
+
+@dataclass
+class Models:
+    policy: Any
+    tok: Any
+    ref: Any
+    value: ScalarModel | None
+
+
+def load_models(cfg: PPOConfig, policy_path: str, ref_path: str, sources: list[RewardSource]) -> Models:
+    """The trained policy (fp32), the frozen reference (checkpoint dtype) and, for ppo, the value model:
+    a separate network initialised from the first reward model (InstructGPT section 3.5) with the RM's
+    normalisation folded into its head, so values start on the scale of the rewards they predict."""
+    policy, tok = load_policy(policy_path, trainable=True)
+    ref, _ = load_policy(ref_path, trainable=False)
+    ref.eval().requires_grad_(False)
+    disable_dropout(policy)
+    value = None
+    if cfg.algo == "ppo":
+        init = next((s.path for s in sources if s.kind == "rm"), policy_path)
+        value = ScalarModel.value_from(init, tok)
+        disable_dropout(value)
+    return Models(policy, tok, ref, value)
 
 
 def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Path, out: Path, log_dir: Path,
-              rm_path: str | None = None, ptx_corpus: Path | None = None, gold_fn: GoldFn | None = None,
-              force: bool = False) -> dict:
-    """Run RL from ``policy_path`` against the reward sources; writes the policy to ``out``."""
+              rm_path: str | None = None, ptx_corpus: Path | None = None, force: bool = False) -> dict:
+    """Run RL from ``policy_path`` against the reward sources; writes the policy to ``out``.
+
+    Each iteration: :func:`collect` (sample, score, advantages), :func:`train_epochs` (clipped updates),
+    then the KL controller. The answers of each evaluation point go to ``out/curve-answers.jsonl`` for
+    ``tiller.eval`` to judge: training sees reward sources only, never a gold judge."""
     sources = cfg.rewards or ([RewardSource(kind="rm", path=rm_path, name="rm", uncertainty=cfg.rm_uncertainty)]
                               if rm_path else [])
     if not sources:
         raise ConfigError("ppo needs a reward: pass --rm PATH or rewards=[...] in the config")
-    inputs = {"policy": policy_path, "ref": ref_path, "prompts": prompts_path,
-              **{f"reward{i}": s.path for i, s in enumerate(sources) if s.kind == "rm"},
-              **({"ptx": ptx_corpus} if ptx_corpus and cfg.ptx_coef else {})}
+    inputs: dict[str, str | Path] = {"policy": policy_path, "ref": ref_path, "prompts": prompts_path,
+                                     **{f"reward{i}": s.path for i, s in enumerate(sources) if s.kind == "rm"},
+                                     **({"ptx": ptx_corpus} if ptx_corpus and cfg.ptx_coef else {})}
     fp = fingerprint(f"ppo-{cfg.algo}", cfg, inputs)
     if is_done(out, fp) and not force:
-        return read_manifest(out)["metrics"]
+        manifest = read_manifest(out)
+        assert manifest is not None  # is_done just read it
+        return manifest["metrics"]
     set_seed(cfg.seed)
-    prompts = [p.prompt for p in read_records(prompts_path, "prompt") if p.split == cfg.prompt_split]
-    eval_set = [p.prompt for p in read_records(prompts_path, "prompt") if p.split == "valid"][: cfg.eval_prompts]
+    records = read_records(prompts_path, "prompt")
+    prompts = [p.prompt for p in records if p.split == cfg.prompt_split]
+    eval_set = [p.prompt for p in records if p.split == "valid"][: cfg.eval_prompts]
     if not prompts:
         raise ConfigError(f"{prompts_path}: no prompts in split {cfg.prompt_split!r}")
-    policy, tok = load_policy(policy_path)
-    ref, _ = load_policy(ref_path)
-    ref.eval().requires_grad_(False)
-    disable_dropout(policy)
-    reward = CompositeReward(sources)
-    value_model = None
-    if cfg.algo == "ppo":  # value function initialised from the (first) reward model; of an ensemble, member 0
-        init = next(s.path for s in sources if s.kind == "rm") if any(s.kind == "rm" for s in sources) else policy_path
-        value_model = ScalarModel.from_pretrained(init, tok)
-        disable_dropout(value_model)
+    m = load_models(cfg, policy_path, ref_path, sources)
+    tok, ref, value_model = m.tok, m.ref, m.value
+    reward = CompositeReward(sources, policy_tok=tok)
     blocks = None
     if cfg.ptx_coef:
         from tiller.stages.pretrain import pack, read_corpus
@@ -187,16 +272,17 @@ def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Pat
             raise ConfigError("ptx_coef > 0 needs a pretraining corpus (--ptx-corpus)")
         blocks = pack(read_corpus(ptx_corpus), tok, cfg.ptx_block)
     acc = make_accelerator()
-    opt = make_optimizer(policy, cfg.lr, betas=(0.9, 0.999))
+    opt = make_optimizer(m.policy, cfg.lr, betas=(0.9, 0.999))
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef))
-    ema = EMA(policy, cfg.ema_decay) if cfg.ema_decay else None
-    score_stats, baseline = RunningMoments(), RunningMoments()
+    ema = EMA(m.policy, cfg.ema_decay) if cfg.ema_decay else None
+    score_stats, baseline = RunningMoments(), MovingBaseline(cfg.baseline_decay)
+    v_opt = None
     if value_model is not None:
         v_opt = make_optimizer(value_model, cfg.value_lr, betas=(0.9, 0.999))
-        policy, opt, value_model, v_opt = acc.prepare(policy, opt, value_model, v_opt)
+        policy, opt, value_model, v_opt = acc.prepare(m.policy, opt, value_model, v_opt)
     else:
-        policy, opt = acc.prepare(policy, opt)
+        policy, opt = acc.prepare(m.policy, opt)
     ref.to(acc.device)
     for obj in (kl_ctl, score_stats, baseline, *([ema] if ema else [])):
         acc.register_for_checkpointing(obj)
@@ -206,101 +292,56 @@ def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Pat
         print(f"note: {ckpt.folder} was written with another config or inputs; starting over", flush=True)
     if force or (stale is not None and stale.get("fingerprint") != fp):
         ckpt.clear()
-    state = ckpt.load() or {"iteration": 0, "curve": []}
+    state = ckpt.load() or {"iteration": 0, "curve": [], "answers": []}
     tracker = Tracker(log_dir, f"ppo-{out.name}", cfg.report_to)
-    k, n_seq = cfg.group_size, cfg.rollout_batch * cfg.group_size
+    n_seq = cfg.rollout_batch * cfg.group_size
     bar = progress(cfg.iterations, f"{cfg.algo} ({out.name})")
     bar.update(state["iteration"])
     start, totals = time.time(), {"generation": 0.0, "scoring": 0.0, "training": 0.0}
     curve: list[dict] = state["curve"]
-    stats: dict[str, float] = {}
+    answers: list[dict] = state["answers"]
+    metrics: dict[str, float] = {}
 
     def evaluate_point(it: int) -> None:
         if not eval_set:
             return
-        pol = acc.unwrap_model(policy)
-        torch.manual_seed(cfg.seed + 7)
-        ro = generate(pol, tok, eval_set, batch_size=cfg.rollout_batch, **sampling(cfg))
-        b = build_sequences(ro.prompt_ids, ro.response_ids, tok.pad_token_id).to(acc.device)
-        lp, rlp, _ = score_tokens(pol, ref, None, b, cfg.temperature, ro.logprobs)
-        total, _ = reward.score(eval_set, ro.texts)
-        point = {"iteration": it, "episodes": it * n_seq, "kl": float(((lp - rlp) * b.mask).sum(1).mean()),
-                 "rm_score": float(total.mean())}
-        if gold_fn is not None:
-            gold = gold_fn(eval_set, ro.texts)
-            point["gold_score"] = sum(gold) / len(gold)
-        curve.append(point)
-        tracker.log({f"eval/{k_}": v for k_, v in point.items() if k_ not in ("iteration", "episodes")}, it)
+        point, said = evaluation_point(acc.unwrap_model(policy), ref, tok, reward, eval_set, cfg, it)
+        curve.append({**point, "episodes": it * n_seq})
+        answers.append(said)
+        tracker.log({f"eval/{k_}": v for k_, v in point.items() if k_ != "iteration"}, it)
 
     if state["iteration"] == 0 and not curve:
         evaluate_point(0)
     for it in range(state["iteration"], cfg.iterations):
-        t0 = time.time()
-        # 1. rollout: prompts chosen from (seed, iteration) so a resumed run sees the same ones
-        batch_prompts = random.Random(f"{cfg.seed}-{it}").choices(prompts, k=cfg.rollout_batch)
-        torch.manual_seed(cfg.seed * 100_003 + it)
-        ro = generate(acc.unwrap_model(policy), tok, batch_prompts, n=k, batch_size=n_seq, **sampling(cfg))
-        t1 = time.time()
-        # 2. score
-        flat_prompts = [p for p in batch_prompts for _ in range(k)]
-        scores, parts = reward.score(flat_prompts, ro.texts)
-        raw_scores = scores.clone()
-        ended = torch.tensor(ro.ended)
-        if cfg.missing_eos_penalty:
-            scores = torch.where(ended, scores, scores - cfg.missing_eos_penalty)
-        if cfg.reward_scaling:
-            score_stats.update(scores)
-            scores = scores / max(score_stats.std, 1e-6)
-        if cfg.reward_clip:
-            scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
+        beta = kl_ctl.value  # the coefficient this iteration's rewards use (logged before the controller moves)
+        exp, info = collect(cfg, acc, policy, ref, value_model, tok, reward, prompts, it, beta, score_stats, baseline)
         t2 = time.time()
-        # 3. KL-penalised per-token rewards
-        b = build_sequences(ro.prompt_ids, ro.response_ids, tok.pad_token_id).to(acc.device)
-        old_lp, ref_lp, old_values = score_tokens(policy, ref, value_model, b, cfg.temperature, ro.logprobs)
-        rewards, kl = kl_penalized_rewards(scores.to(acc.device), old_lp, ref_lp, b.mask, kl_ctl.value)
-        # 4. advantages
-        if cfg.algo == "ppo":
-            advantages, returns = gae(rewards, old_values, b.mask, cfg.gamma, cfg.lam)
-        else:
-            seq = sequence_advantages(cfg.algo, scores.to(acc.device) - kl_ctl.value * kl.sum(1), k, baseline)
-            advantages, returns = seq[:, None] * b.mask, torch.zeros_like(b.mask)
-        if cfg.whiten_advantages:
-            advantages = masked_whiten(advantages, b.mask)
-        # 5. epochs of clipped updates over minibatches
-        stats = train_epochs(cfg, acc, policy, opt, value_model, v_opt if value_model is not None else None,
-                             b, old_lp, old_values, advantages, returns, blocks, it)
-        if ema:
-            ema.update(acc.unwrap_model(policy))
-        # 6. KL control, on the mean summed KL of this batch (lm-human-preferences)
-        mean_kl = float(kl.sum(1).mean())
-        kl_ctl.update(mean_kl, n_seq)
+        stats = train_epochs(cfg, acc, policy, opt, value_model, v_opt, exp, blocks, it, ema)
+        kl_ctl.update(info["objective/kl"], n_seq)  # on the mean summed KL of this batch (lm-human-preferences)
         t3 = time.time()
-        totals["generation"] += t1 - t0
-        totals["scoring"] += t2 - t1
+        for name in ("generation", "scoring"):
+            totals[name] += info[f"time/{name}"]
         totals["training"] += t3 - t2
-        metrics = {"objective/kl": mean_kl, "objective/kl_coef": kl_ctl.value,
-                   "objective/score": float(raw_scores.mean()), "objective/score_std": float(raw_scores.std()),
-                   "objective/non_score_reward": float(-(kl_ctl.value * kl).sum(1).mean()),
-                   "policy/ended_fraction": float(ended.float().mean()),
-                   "policy/response_length": float(b.mask.sum(1).mean()),
-                   "time/generation": t1 - t0, "time/scoring": t2 - t1, "time/training": t3 - t2,
-                   "charts/episodes_per_s": n_seq / (t3 - t0), **stats,
-                   **{f"objective/score_{n}": float(v.mean()) for n, v in parts.items() if len(parts) > 1}}
+        metrics = {**info, "objective/kl_coef": beta, "time/training": t3 - t2,
+                   "charts/episodes_per_s": n_seq / (info["time/generation"] + info["time/scoring"] + t3 - t2),
+                   **stats}
         tracker.log(metrics, it + 1)
         bar.update(1)
-        bar.set_postfix(score=f"{metrics['objective/score']:.2f}", kl=f"{mean_kl:.2f}")
+        bar.set_postfix(score=f"{metrics['objective/score']:.2f}", kl=f"{metrics['objective/kl']:.2f}")
         if cfg.eval_every and (it + 1) % cfg.eval_every == 0 and it + 1 < cfg.iterations:
             evaluate_point(it + 1)
         if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
-            ckpt.save({"iteration": it + 1, "curve": curve, "fingerprint": fp})
+            ckpt.save({"iteration": it + 1, "curve": curve, "answers": answers, "fingerprint": fp})
     bar.close()
     final = acc.unwrap_model(policy)
     if ema:
         ema.copy_to(final)
     evaluate_point(cfg.iterations)
-    result = {**metrics, **read_curve_only(curve),
-              "time/total": time.time() - start, **{f"time/{k_}_total": v for k_, v in totals.items()},
-              "episodes": cfg.iterations * n_seq} if cfg.iterations > state["iteration"] else read_curve_only(curve)
+    last_point = {f"eval/{k}": v for k, v in curve[-1].items()} if curve else {}
+    result = {**metrics, **last_point}
+    if cfg.iterations > state["iteration"]:
+        result.update({"time/total": time.time() - start, **{f"time/{k_}_total": v for k_, v in totals.items()},
+                       "episodes": cfg.iterations * n_seq})
     tracker.close()
     with atomic_dir(out) as tmp:
         final.save_pretrained(tmp)
@@ -308,19 +349,75 @@ def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Pat
         if value_model is not None:
             acc.unwrap_model(value_model).save_pretrained(tmp / "value")
         (tmp / "curve.json").write_text(json.dumps(curve, indent=2))
+        (tmp / ANSWERS_FILE).write_text("".join(json.dumps(a) + "\n" for a in answers))
         write_manifest(tmp, stage=f"ppo-{cfg.algo}", fingerprint=fp, config=cfg, seed=cfg.seed, metrics=result,
                        inputs={k_: str(v) for k_, v in inputs.items()})
     ckpt.clear()
     return result
 
 
-def read_curve_only(curve: list[dict]) -> dict:
-    return {f"eval/{k}": v for k, v in curve[-1].items()} if curve else {}
+def evaluation_point(policy, ref, tok, reward: CompositeReward, eval_set: list[Any], cfg: PPOConfig,
+                     it: int) -> tuple[dict[str, float], dict[str, Any]]:
+    """The reward and KL of the policy's answers to the held-out prompts (a point of the RM/KL curve), and
+    the answers themselves (``{"iteration", "prompts", "answers"}``) for an outside judge."""
+    torch.manual_seed(cfg.seed + 7)
+    ro = generate(policy, tok, eval_set, batch_size=cfg.rollout_batch, **sampling(cfg))
+    b = build_sequences(ro.prompt_ids, ro.response_ids, tok.pad_token_id).to(next(policy.parameters()).device)
+    lp, rlp, _ = score_tokens(policy, ref, None, b, cfg.temperature, ro.logprobs)
+    total, _ = reward.score(eval_set, ro.texts, ro.ended, list(zip(ro.prompt_ids, ro.response_ids, strict=True)))
+    point = {"iteration": it, "kl": float(((lp - rlp) * b.mask).sum(1).mean()), "rm_score": float(total.mean())}
+    return point, {"iteration": it, "prompts": list(eval_set), "answers": ro.texts}
 
 
-def train_epochs(cfg: PPOConfig, acc, policy, opt, value_model, v_opt, b: SequenceBatch, old_lp, old_values,
-                 advantages, returns, blocks, it: int) -> dict[str, float]:
-    """``ppo_epochs`` passes of clipped policy (+ value, + ptx) updates over shuffled minibatches."""
+@dataclass
+class Experience:
+    """One scored rollout batch: what the update epochs train on. Per-token tensors are (N, R)."""
+
+    batch: SequenceBatch
+    old_logprobs: torch.Tensor
+    old_values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
+def collect(cfg: PPOConfig, acc, policy, ref, value_model, tok, reward: CompositeReward, prompts: list[Any], it: int,
+            beta: float, score_stats: RunningMoments, baseline: MovingBaseline) -> tuple[Experience, dict[str, float]]:
+    """Sample a rollout batch, score exactly the sampled tokens, and compute advantages; returns the
+    experience and this step's metrics (score, KL, lengths, times)."""
+    t0 = time.time()
+    k, n_seq = cfg.group_size, cfg.rollout_batch * cfg.group_size
+    batch_prompts = random.Random(f"{cfg.seed}-{it}").choices(prompts, k=cfg.rollout_batch)  # same on resume
+    torch.manual_seed(cfg.seed * 100_003 + it)
+    ro = generate(acc.unwrap_model(policy), tok, batch_prompts, n=k, batch_size=n_seq, **sampling(cfg))
+    t1 = time.time()
+    flat_prompts = [p for p in batch_prompts for _ in range(k)]
+    ended = torch.tensor(ro.ended)
+    raw_scores, parts = reward.score(flat_prompts, ro.texts, ro.ended,
+                                     list(zip(ro.prompt_ids, ro.response_ids, strict=True)))
+    scores = shaped_scores(cfg, raw_scores, ended, score_stats)
+    b = build_sequences(ro.prompt_ids, ro.response_ids, tok.pad_token_id).to(acc.device)
+    old_lp, ref_lp, old_values = score_tokens(policy, ref, value_model, b, cfg.temperature, ro.logprobs)
+    advantages, returns, kl = advantages_and_returns(cfg, scores.to(acc.device), old_lp, ref_lp, old_values, b.mask,
+                                                     beta, baseline)
+    mean_kl = float(kl.sum(1).mean())
+    info = {"objective/kl": mean_kl, "objective/score": float(raw_scores.mean()),
+            "objective/score_std": float(raw_scores.std()), "objective/non_score_reward": -beta * mean_kl,
+            "policy/ended_fraction": float(ended.float().mean()),
+            "policy/response_length": float(b.mask.sum(1).mean()),
+            "time/generation": t1 - t0, "time/scoring": time.time() - t1,
+            **{f"objective/score_{n}": float(v.mean()) for n, v in parts.items() if len(parts) > 1}}
+    return Experience(b, old_lp, old_values, advantages, returns), info
+
+
+def train_epochs(cfg: PPOConfig, acc, policy, opt, value_model, v_opt, exp: Experience, blocks, it: int,
+                 ema: EMA | None = None) -> dict[str, float]:
+    """``ppo_epochs`` passes of clipped policy (+ value, + ptx) updates over shuffled minibatches.
+
+    A minibatch's losses are token means over the whole minibatch whatever ``grad_accum``: each
+    micro-batch's token mean is weighed by its share of the minibatch's tokens, and the minibatch's ptx
+    batch is drawn once and split, so ``grad_accum`` changes memory, not the update. The EMA, if any, is
+    updated after every optimiser step."""
+    b = exp.batch
     n = len(b.input_ids)
     micro = cfg.minibatch_size // cfg.grad_accum
     g = torch.Generator().manual_seed(cfg.seed * 7919 + it)
@@ -330,24 +427,32 @@ def train_epochs(cfg: PPOConfig, acc, policy, opt, value_model, v_opt, b: Sequen
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(n, generator=g)
         for start in range(0, n, cfg.minibatch_size):
-            for m in range(cfg.grad_accum):
-                idx = order[start + m * micro : start + (m + 1) * micro].to(acc.device)
+            chosen = order[start : start + cfg.minibatch_size].to(acc.device)
+            n_tokens = b.mask[chosen].sum().clamp_min(1.0)
+            ptx = ptx_batch(blocks, cfg, it, step).to(acc.device) if blocks is not None else None
+            for mi in range(cfg.grad_accum):
+                idx = chosen[mi * micro : (mi + 1) * micro]
                 mb = b.select(idx)
+                share = mb.mask.sum() / n_tokens
                 lp, logits = policy_forward(policy, mb, cfg.temperature)
-                pg_loss, st = ppo_policy_loss(lp, old_lp[idx], advantages[idx], mb.mask, cfg.cliprange)
-                loss = pg_loss
+                pg_loss, st = ppo_policy_loss(lp, exp.old_logprobs[idx], exp.advantages[idx], mb.mask, cfg.cliprange)
+                loss = pg_loss * share
+                entropy = entropy_from_logits(logits.detach() / cfg.temperature)
                 row = {"loss/policy": pg_loss.item(), "policy/clipfrac": float(st["clipfrac"]),
-                       "policy/approx_kl": float(st["approx_kl"]), "val/ratio": float(st["ratio"]),
-                       "policy/entropy": float(masked_mean(entropy_from_logits(logits.detach()), mb.mask))}
-                if blocks is not None:
-                    lm = ptx_loss(policy, blocks, it, step * cfg.grad_accum + m, cfg, acc.device)
-                    loss = loss + cfg.ptx_coef * lm
+                       "policy/approx_kl": float(st["approx_kl"]), "policy/ratio": float(st["ratio"]),
+                       "policy/entropy": float(masked_mean(entropy, mb.mask))}
+                if ptx is not None:
+                    part = ptx.shape[0] // cfg.grad_accum
+                    x = ptx[mi * part : (mi + 1) * part]  # full blocks: equal token counts, equal weights
+                    lm = masked_lm_loss(policy(input_ids=x).logits, x)
+                    loss = loss + cfg.ptx_coef * lm / cfg.grad_accum
                     row["loss/ptx"] = lm.item()
-                acc.backward(loss / cfg.grad_accum)
+                acc.backward(loss)
                 if value_model is not None:
                     v = value_forward(value_model, mb)
-                    vf_loss, vst = ppo_value_loss(v, old_values[idx], returns[idx], mb.mask, cfg.cliprange_value)
-                    acc.backward(vf_loss / cfg.grad_accum)
+                    vf_loss, vst = ppo_value_loss(v, exp.old_values[idx], exp.returns[idx], mb.mask,
+                                                  cfg.cliprange_value)
+                    acc.backward(vf_loss * share)
                     row.update({"loss/value": vf_loss.item(), "val/clipfrac": float(vst["clipfrac"]),
                                 "val/error": float(vst["error"])})
                 for key, val in row.items():
@@ -356,6 +461,8 @@ def train_epochs(cfg: PPOConfig, acc, policy, opt, value_model, v_opt, b: Sequen
             acc.clip_grad_norm_(policy.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(acc.unwrap_model(policy))
             if value_model is not None:
                 acc.clip_grad_norm_(value_model.parameters(), 1.0)
                 v_opt.step()

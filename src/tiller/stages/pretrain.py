@@ -16,7 +16,14 @@ from typing import Literal
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 
 from tiller.chat import SPECIAL_TOKENS
 from tiller.config import ConfigError, field
@@ -104,6 +111,7 @@ def train_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast
 def build_model(cfg: PretrainConfig, tok: PreTrainedTokenizerFast) -> torch.nn.Module:
     common = dict(vocab_size=len(tok), bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
                   pad_token_id=tok.pad_token_id)
+    config: PretrainedConfig
     if cfg.arch == "gpt2":
         config = GPT2Config(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
                             n_positions=cfg.max_positions, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
@@ -114,7 +122,7 @@ def build_model(cfg: PretrainConfig, tok: PreTrainedTokenizerFast) -> torch.nn.M
     return AutoModelForCausalLM.from_config(config)
 
 
-def pack(docs: list[str], tok: PreTrainedTokenizerFast, block_size: int) -> torch.Tensor:
+def pack(docs: list[str], tok: PreTrainedTokenizerBase, block_size: int) -> torch.Tensor:
     """Concatenate documents separated by end-of-text and cut into blocks. (N, block_size)"""
     ids: list[int] = []
     for enc in tok(docs, add_special_tokens=False)["input_ids"]:

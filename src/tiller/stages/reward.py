@@ -49,7 +49,8 @@ class RMConfig:
     lr: float = field(3e-4, help="peak learning rate (cosine schedule)")
     batch_size: int = field(16, help="items per step (an item: one prompt's K responses and its rankings)")
     merge_labelers: bool = field(True, help="one item per set of responses, targets averaged over its labelers "
-                                            "(false: one item per ranking record; same loss, L times the forwards)")
+                                            "(weighted by their number of rankings, so the same loss as false: one item per ranking record, "
+                                            "at L times the forwards)")
     max_len: int = field(160, help="prompt+response tokens per response")
     weight_decay: float = field(0.0, help="AdamW weight decay")
     valid_fraction: float = field(0.15, help="share of PROMPTS held out (all labelers' rankings of one prompt together)")
@@ -194,8 +195,9 @@ def evaluate(models: list[ScalarModel], tok, records: list[Ranking], max_len: in
 
 
 def labeler_agreement(records: list[Ranking]) -> float | None:
-    """Pairwise agreement between different labelers ranking the same responses (ties excluded), for
-    reference: the same measure the web app reports for its batches."""
+    """Pairwise agreement (``tiller.data.agreement.pairwise_agreement``: pairs either labeler tied are
+    left out) between rankings of the same responses, pooled over pairs: the measure the web app reports
+    for its batches, not the world manifest's half-credit one. None without two rankings of one set."""
     groups: dict[tuple, list[Ranking]] = {}
     for r in records:
         groups.setdefault(answer_set(r), []).append(r)
@@ -253,7 +255,8 @@ def _train_member(cfg: RMConfig, m: int, model_path: str, tok, items: list[Ranke
             idx = order[i : i + cfg.batch_size]
             scores, prefs, valid_mask = forward_items(model, [seqs[j] for j in idx], [items[j] for j in idx],
                                                       tok.pad_token_id, acc.device)
-            loss, stats = preference_loss(scores, prefs, valid_mask)
+            n_labels = torch.tensor([items[j].n_labels for j in idx], dtype=torch.float32, device=acc.device)
+            loss, stats = preference_loss(scores, prefs, valid_mask, n_labels)  # each ranking counts once
             optimizer_step(acc, model, loss, opt, sched)
             step += 1
             bar.update(1)
@@ -266,12 +269,15 @@ def _train_member(cfg: RMConfig, m: int, model_path: str, tok, items: list[Ranke
 def train_rm(cfg: RMConfig, model_path: str, rankings: list[Path], demos_path: Path | None, out: Path,
              log_dir: Path, force: bool = False) -> dict:
     """Train a reward model from ranking files; writes an RM folder to ``out``."""
-    inputs = {"model": model_path, **{f"rankings{i}": p for i, p in enumerate(rankings)}}
+    inputs: dict[str, str | Path] = {"model": model_path,
+                                     **{f"rankings{i}": p for i, p in enumerate(rankings)}}
     if demos_path:
         inputs["demos"] = demos_path
     fp = fingerprint("rm", cfg, inputs)
     if is_done(out, fp) and not force:
-        return read_manifest(out)["metrics"]
+        manifest = read_manifest(out)
+        assert manifest is not None  # is_done just read it
+        return manifest["metrics"]
     set_seed(cfg.seed)
     records: list[Ranking] = [r for p in rankings for r in read_records(p, "ranking", allow_empty=cfg.allow_empty)]
     if cfg.label_source.startswith("flags:"):

@@ -40,10 +40,13 @@ class SampleConfig:
 def sample(cfg: SampleConfig, policy: str, prompts_path: Path, out: Path, force: bool = False) -> dict:
     """Write ``out`` (JSONL of SampleSet records) with K answers to each chosen prompt."""
     meta_dir = out.with_suffix(".manifest")
-    inputs = {"policy": policy, "prompts": prompts_path, **({"mix_with": cfg.mix_with} if cfg.mix_k else {})}
+    inputs: dict[str, str | Path] = {"policy": policy, "prompts": prompts_path,
+                                     **({"mix_with": cfg.mix_with} if cfg.mix_k else {})}
     fp = fingerprint("sample", cfg, inputs)  # the second policy's content counts too, not only its path
     if out.is_file() and is_done(meta_dir, fp) and not force:
-        return read_manifest(meta_dir)["metrics"]
+        manifest = read_manifest(meta_dir)
+        assert manifest is not None  # is_done just read it
+        return manifest["metrics"]
     set_seed(cfg.seed)
     records: list[PromptRecord] = [p for p in read_records(prompts_path, "prompt") if not cfg.split or p.split == cfg.split]
     if not records:
@@ -53,7 +56,9 @@ def sample(cfg: SampleConfig, policy: str, prompts_path: Path, out: Path, force:
         records = records[: cfg.n_prompts]
     start = time.time()
     sources = [(str(policy), cfg.k - cfg.mix_k)] + ([(cfg.mix_with, cfg.mix_k)] if cfg.mix_k else [])
-    answers, n_tokens, ended = [[] for _ in records], 0, []
+    answers: list[list[str]] = [[] for _ in records]
+    ended: list[bool] = []
+    n_tokens = 0
     for who, n in sources:
         model, tok = load_policy(who)
         ro = generate(model, tok, [r.prompt for r in records], n=n, temperature=cfg.temperature, top_p=cfg.top_p,

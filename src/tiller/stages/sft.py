@@ -84,16 +84,19 @@ def rm_selection_score(model, tok, rm_path: str, prompts: list) -> float:
     from tiller.rollout import generate
     from tiller.scoring import RewardScorer
 
-    texts = generate(model, tok, prompts, temperature=0.0).texts
-    return float(sum(RewardScorer(rm_path).score(prompts, texts)) / max(len(texts), 1))
+    ro = generate(model, tok, prompts, temperature=0.0)
+    return float(sum(RewardScorer(rm_path).score(prompts, ro.texts, ro.ended)) / max(len(ro.texts), 1))
 
 
 def sft(cfg: SFTConfig, model_path: str, demos_path: Path, out: Path, log_dir: Path, force: bool = False) -> dict:
     """Fine-tune ``model_path`` on demonstrations; writes ``out`` (a save_pretrained folder)."""
-    inputs = {"model": model_path, "demos": demos_path, **({"rm": cfg.select_by_rm} if cfg.select_by_rm else {})}
+    inputs: dict[str, str | Path] = {"model": model_path, "demos": demos_path,
+                                     **({"rm": cfg.select_by_rm} if cfg.select_by_rm else {})}
     fp = fingerprint("sft", cfg, inputs)
     if is_done(out, fp) and not force:
-        return read_manifest(out)["metrics"]
+        manifest = read_manifest(out)
+        assert manifest is not None  # is_done just read it
+        return manifest["metrics"]
     set_seed(cfg.seed)
     demos = read_records(demos_path, "demonstration", allow_empty=cfg.allow_empty)
     random.Random(cfg.seed).shuffle(demos)

@@ -133,12 +133,13 @@ def agreement_items(world: World, n_items: int, seed: int, k: int = 4) -> list[t
 
 
 def measure_agreement(world: World, n_items: int, seed: int) -> float:
-    """Pairwise agreement of two different simulated labelers on ``n_items`` K=4 rankings (see labelers.py)."""
+    """Half-credit agreement (ties counted, see ``tiller.data.agreement``) of two different simulated
+    labelers on ``n_items`` K=4 rankings."""
     return world.labelers.agreement(agreement_items(world, n_items, seed), random.Random(f"agreement-{seed}"))
 
 
 def measure_gold_agreement(world: World, n_items: int, seed: int) -> float:
-    """Agreement of one simulated labeler with the noiseless gold ranking on the same kind of items."""
+    """Half-credit agreement of one simulated labeler with the noiseless gold ranking on the same kind of items."""
     return world.labelers.gold_agreement(agreement_items(world, n_items, seed),
                                          random.Random(f"gold-agreement-{seed}"))
 
@@ -190,12 +191,14 @@ def build_world(cfg: WorldConfig, out_dir: Path) -> World:
         "corpus": {name: {"docs": len(docs), "chars": sum(map(len, docs))} for name, docs in corpus.items()},
         "demos_ideal_fraction": round(sum(d["response"] == world.judge.ideal(d["prompt"]) for d in demos)
                                       / max(1, len(demos)), 4),
-        "labeler_agreement": round(agreement, 4),
-        "labeler_gold_agreement": round(gold, 4),
+        "labeler_agreement_half_credit": round(agreement, 4),
+        "gold_agreement_half_credit": round(gold, 4),
         "agreement_items": cfg.agreement_items,
-        "agreement_definition": "two different simulated labelers rank the same K=4 candidates; per response "
-                                "pair 1 if both order it the same way (both tied counts), 0.5 if only one ties, "
-                                "0 if opposite; mean over pairs (InstructGPT: 72.6 +- 1.5%)",
+        "agreement_definition": "half credit: two different simulated labelers (or one and the gold judge) rank "
+                                "the same K=4 candidates; per response pair 1 if both order it the same way (both "
+                                "tied counts), 0.5 if only one ties, 0 if opposite; mean over pairs (InstructGPT: "
+                                "72.6 +- 1.5%). Not the reward stage's data/labeler_agreement, which leaves "
+                                "tied pairs out",
         "score_range": list(SCORE_RANGE),
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

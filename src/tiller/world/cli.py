@@ -30,8 +30,9 @@ def summary(manifest: dict) -> str:
     c = manifest["corpus"]
     lines.append(f"demos {manifest['n_demos']} ({manifest['demos_ideal_fraction']:.0%} ideal), corpus {c['train']['chars']:,} chars train "
                  f"({c['train']['docs']} docs) + {c['valid']['chars']:,} valid")
-    lines.append(f"labeler agreement {manifest['labeler_agreement']:.1%} between labelers, "
-                 f"{manifest['labeler_gold_agreement']:.1%} with gold ({manifest['agreement_items']} K=4 items)")
+    lines.append(f"labeler agreement (half credit for ties) {manifest['labeler_agreement_half_credit']:.1%} "
+                 f"between labelers, {manifest['gold_agreement_half_credit']:.1%} with gold "
+                 f"({manifest['agreement_items']} K=4 items)")
     return "\n".join(lines)
 
 

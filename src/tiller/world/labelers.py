@@ -5,8 +5,9 @@ weights). A K-wise ranking sorts u + T * Gumbel noise, so every pair within it f
 P(a before b) = sigmoid((u_a - u_b) / T), and the K-wise order is a coherent Plackett-Luce draw
 (InstructGPT sec. 3.5 ranks K = 4..9 outputs per prompt); noisy utilities closer than ``tie`` are tied.
 
-Agreement between two rankings counts each response pair once: 1 when both order it the same way (both
-tied counts as the same), 0.5 when exactly one ties it, 0 when they disagree; then averages over pairs.
+The pool measures agreement as ``tiller.data.agreement.half_credit_agreement`` (ties counted: 1 when both
+order a pair the same way or both tie it, 1/2 when exactly one ties it, 0 when they disagree), averaged
+over pairs; not the ties-excluded pairwise agreement the reward stage and the web app report.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from tiller.data.agreement import half_credit_agreement
 from tiller.world.judge import EPS, PENALTY, SCORE_RANGE, WEIGHTS, GoldJudge
 
 FLAGS = ("fails_instruction", "inappropriate", "hallucination", "satisfies_constraint", "sexual", "violent",
@@ -47,25 +49,6 @@ def group_ranking(values: list[float], tie: float, same: list[int] | None = None
         else:
             groups.append([i])
     return [sorted(g) for g in groups]
-
-
-def _positions(ranking: Ranking) -> dict[int, int]:
-    return {i: g for g, group in enumerate(ranking) for i in group}
-
-
-def pair_agreement(a: Ranking, b: Ranking) -> tuple[float, int]:
-    """(sum of pair scores, number of pairs) for two rankings of the same responses (see module doc)."""
-    pa, pb = _positions(a), _positions(b)
-    items = sorted(pa)
-    total, n = 0.0, 0
-    for x in range(len(items)):
-        for y in range(x + 1, len(items)):
-            i, j = items[x], items[y]
-            ra = (pa[i] > pa[j]) - (pa[i] < pa[j])
-            rb = (pb[i] > pb[j]) - (pb[i] < pb[j])
-            total += 1.0 if ra == rb else 0.5 if ra == 0 or rb == 0 else 0.0
-            n += 1
-    return total, n
 
 
 class LabelerPool:
@@ -128,21 +111,21 @@ class LabelerPool:
 
     def agreement(self, items: list[tuple[Any, list[str]]], rng: random.Random,
                   pair: tuple[int, int] | None = None) -> float:
-        """Pairwise agreement of two different labelers ranking the same items (a random pair per item)."""
+        """Half-credit agreement of two different labelers ranking the same items (a random pair per item)."""
         total, n = 0.0, 0
         for prompt, responses in items:
             i, j = pair if pair is not None else rng.sample(range(len(self.labelers)), 2)
-            t, m = pair_agreement(self.rank(prompt, responses, i, rng)["ranking"],
-                                  self.rank(prompt, responses, j, rng)["ranking"])
+            t, m = half_credit_agreement(self.rank(prompt, responses, i, rng)["ranking"],
+                                         self.rank(prompt, responses, j, rng)["ranking"])
             total, n = total + t, n + m
         return total / n if n else float("nan")
 
     def gold_agreement(self, items: list[tuple[Any, list[str]]], rng: random.Random) -> float:
-        """Agreement of each item's ranking by a random labeler with the gold judge's ranking."""
+        """Half-credit agreement of each item's ranking by a random labeler with the gold judge's ranking."""
         total, n = 0.0, 0
         for prompt, responses in items:
             lab = rng.randrange(len(self.labelers))
-            t, m = pair_agreement(self.rank(prompt, responses, lab, rng)["ranking"],
-                                  self.gold_ranking(prompt, responses))
+            t, m = half_credit_agreement(self.rank(prompt, responses, lab, rng)["ranking"],
+                                         self.gold_ranking(prompt, responses))
             total, n = total + t, n + m
         return total / n if n else float("nan")

@@ -1,0 +1,126 @@
+import json
+import math
+import re
+
+from tiller.eval.report import elo_rows, headline_metrics, report_cmd, write_report
+from tiller.eval.results import (
+    CalibrationBin,
+    CurvePoint,
+    Headroom,
+    HeadroomRow,
+    PolicyEval,
+    RMRound,
+    RunResults,
+    Sample,
+    Scores,
+    WinRate,
+)
+
+# results.json as tiller.pipeline writes it: every section, keys the records do not name included
+PIPELINE = {
+    "run": "demo",
+    "policies": {"sft": "runs/demo/sft", "ppo-ptx-r1": "runs/demo/policy-r1", "final": "runs/demo/policy-r1"},
+    "evals": {"sft": {"policy": "runs/demo/sft",
+                      "per_family": {"harmful": {"score": 1.0, "correct": 0.5, "refusal_rate": 0.25}},
+                      "overall": {"score": 1.5, "correct": 0.5, "refusal_rate": 0.25, "hallucination_rate": 0.1,
+                                  "pretrain_loss": 2.2},
+                      "samples": [{"family": "facts", "prompt": [{"role": "user", "content": "Who?"}],
+                                   "response": "Mira.", "score": 2.0}]}},
+    "win_rates": {"final vs sft": {"overall": {"rate": 0.6, "lo": 0.5, "hi": 0.7, "n": 40, "ties": 0.05}}},
+    "elo": {"sft": 1000.0, "ppo-ptx-r1": 1100.0},
+    "elo_intervals": {"sft": [1000.0, 1000.0], "ppo-ptx-r1": [1050.0, 1150.0]},
+    "curves": {"ppo-ptx-r1": [{"iteration": 0, "kl": 0.0, "rm_score": 0.1, "episodes": 0, "gold_score": 1.5}],
+               "bon": [{"n": 2, "kl": 0.193, "rm_score": 0.2, "gold_score": 1.6, "oracle_gold_score": 1.7}]},
+    "rm": {"r1": {"eval/accuracy": 0.7, "eval/loss": 0.6, "eval/pairs": 120, "data/labeler_agreement": 0.72,
+                  "calibration": [{"bin": "0.5-0.6", "n": 30, "predicted": 0.55, "observed": 0.6}],
+                  "gold_accuracy": 0.8}},
+    "headroom": {"policy": "sft", "rm": "rm-r1", "rows": [
+        {"n": 4, "kl": 0.636, "rm": {"rate": 0.55, "lo": 0.5, "hi": 0.6}, "gold": {"rate": 0.7, "lo": 0.65, "hi": 0.75}}]},
+    "stage_seconds": {"sft": 60.0, "eval": 30.0},
+    "seconds_total": 95.0,
+    "training": {"ppo-policy-r1": [{"stage": "ppo-policy-r1", "step": 1, "time": 12.5, "objective/kl": 0.1}]},
+}
+
+
+def test_pipeline_json_keeps_its_shape():
+    results = RunResults.from_dict(PIPELINE)
+    assert results.to_dict() == PIPELINE
+    assert results.evals["sft"].overall.refusal_rate == 0.25 and results.rm["r1"].extra["eval/pairs"] == 120
+    assert results.curves["ppo-ptx-r1"][0].iteration == 0 and results.elo_intervals["ppo-ptx-r1"] == (1050.0, 1150.0)
+
+
+def test_round_trip():
+    x = RunResults(
+        run="r", created="2025-01-01", final="ppo-r2", policies={"sft": "a", "ppo-r2": "b"},
+        evals={"sft": PolicyEval("a", {"facts": Scores(score=1.0, hallucination_rate=0.5)},
+                                 Scores(1.0, 0.5, 0.1, 0.5, 2.3, extra={"new_aspect": 0.2}),
+                                 [Sample("facts", "Who?", "Her.", 1.5), Sample("style", None, "", None)])},
+        win_rates={"ppo-r2 vs sft": {"overall": WinRate(0.6, 0.5, 0.7, 10, 0.1), "facts": WinRate(rate=0.4)}},
+        elo={"sft": 1000.0, "ppo-r2": 1042.5}, elo_intervals={"ppo-r2": (1000.0, 1090.0)},
+        curves={"ppo-r2": [CurvePoint(kl=0.1, rm_score=0.2, iteration=3, episodes=96, extra={"note": "x"})]},
+        rm={"r1": RMRound(0.7, 0.8, None, [CalibrationBin("0.5-0.6", 3, 0.55, 0.5)], extra={"eval/loss": 0.6}),
+            "r2": RMRound(accuracy=0.75)},
+        headroom=Headroom("sft", "rm-r2", [HeadroomRow(2, 0.19, WinRate(0.5), WinRate(0.6, 0.55, 0.65))]),
+        stage_seconds={"sft": 1.5}, seconds_total=2.0, training={"ppo": [{"step": 1, "loss/policy": -0.1}]},
+    )
+    assert RunResults.from_dict(x.to_dict()) == x
+    assert RunResults.from_dict(json.loads(json.dumps(x.to_dict()))) == x  # through results.json
+    assert RunResults.from_dict(RunResults().to_dict()) == RunResults()
+
+
+def test_from_dict_tolerates_missing_and_malformed_parts():
+    assert RunResults.from_dict({}) == RunResults() and RunResults.from_dict("junk") == RunResults()
+    bad = RunResults.from_dict({
+        "evals": {"sft": "oops", "a": {"overall": {"score": "high", "correct": True}, "samples": ["x", {}]}},
+        "win_rates": {"c": "x"}, "curves": {"bon": "x"}, "rm": {"r1": {"calibration": "oops"}},
+        "headroom": {"rows": [{"n": 2, "rm": "bad"}, "junk"]}, "stage_seconds": {"a": "1", "b": 2},
+        "training": {"t": [{"step": 1}, 3]}, "seconds_total": float("nan")})
+    assert bad.evals["sft"] == PolicyEval() and bad.evals["a"].overall.score is None
+    assert bad.evals["a"].overall.correct is None and bad.evals["a"].samples == [Sample()]  # a bool is no number
+    assert bad.win_rates == {"c": {}} and bad.curves == {"bon": []} and bad.rm["r1"].calibration == []
+    assert bad.headroom == Headroom(rows=[HeadroomRow(n=2)])
+    assert bad.stage_seconds == {"b": 2.0} and bad.training == {"t": [{"step": 1}]}
+    assert math.isnan(bad.seconds_total)  # NaN is kept as written; the report shows it as missing
+    # older files gave the interval inside each rating; elo_intervals wins where both are there
+    old = RunResults.from_dict({"elo": {"a": {"rating": 1000, "lo": 990, "hi": 1010}, "b": {"rating": 900, "lo": 1},
+                                        "c": {"rating": None}, "d": 950},
+                                "elo_intervals": {"d": [940.0, 960.0], "a": "bad"}})
+    assert old.elo == {"a": 1000.0, "b": 900.0, "d": 950.0}
+    assert old.elo_intervals == {"a": (990.0, 1010.0), "d": (940.0, 960.0)}
+    assert elo_rows(old) == [("a", 1000.0, 990.0, 1010.0), ("b", 900.0, None, None), ("d", 950.0, 940.0, 960.0)]
+
+
+# an old results.json: written before headroom, RL curves with gold scores, RM gold accuracy and the training
+# rows existed, with Elo ratings as {rating, lo, hi}
+OLD = {
+    "run": "old<run>",
+    "policies": {"sft": "runs/old/sft", "ppo-r1": "runs/old/policy-r1"},
+    "evals": {"sft": {"overall": {"score": 1.2, "correct": 0.4}, "per_family": {"facts": {"score": 1.0}}},
+              "ppo-r1": {"overall": {"score": 1.6, "refusal_rate": 0.5}}},
+    "win_rates": {"final vs sft": {"overall": {"rate": 0.58, "lo": 0.5, "hi": 0.66, "n": 60}}},
+    "elo": {"sft": {"rating": 1000.0, "lo": 1000.0, "hi": 1000.0}, "ppo-r1": {"rating": 1080.0, "lo": 1020.0, "hi": 1140.0}},
+    "rm": {"r1": {"eval/accuracy": 0.69}},
+}
+
+
+def test_old_sparse_results_still_render(tmp_path, monkeypatch):
+    html = write_report(RunResults.from_dict(OLD), tmp_path).read_text()
+    assert "<h1>tiller report: old&lt;run&gt;</h1>" in html and "final policy: ppo-r1" in html
+    assert "58.0%" in html and "[50.0%, 66.0%]" in html and "n=60" in html
+    assert "<tr><td>ppo-r1</td><td class=\"n\">1.600</td>" in html and "1080" in html
+    assert "<h2>Reward models</h2>" in html and "69.0%" in html
+    for missing in ("Headroom", "<h2>Optimisation</h2>", "<h2>Stage timings</h2>", "<h2>Sample answers</h2>"):
+        assert missing not in html, missing
+    assert sorted(re.findall(r'<img src="([^"]*)"', html)) == ["elo.png", "family_scores.png", "winrates.png"]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics == headline_metrics(RunResults.from_dict(OLD), "ppo-r1")
+    assert metrics["elo/final"] == 1080.0 and metrics["win_rate/final_vs_sft"] == 0.58
+    assert metrics["rm/r1/accuracy"] == 0.69 and metrics["refusal_rate/final"] == 0.5
+
+    # `tiller report` re-renders such a file where it lies
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "runs" / "old" / "report"
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(OLD))
+    assert report_cmd("old").resolve() == folder / "report.html"
+    assert (folder / "report.html").read_text() == html
