@@ -42,6 +42,10 @@ def test_grpo_ties_give_no_advantage_beyond_the_kl_term():
     torch.testing.assert_close(adv[:, 0], -0.05 * torch.tensor([0.5, 0.3, 0.8, 0.1]))
     torch.testing.assert_close(kl[:, 0], torch.tensor([0.5, 0.3, 0.8, 0.1]))
     assert not ret.any()
+    from tiller.losses import grpo_advantages
+
+    inside = grpo_advantages(torch.ones(4) - 0.05 * torch.tensor([0.5, 0.3, 0.8, 0.1]), 4)  # the old formula
+    torch.testing.assert_close(inside, torch.tensor([-0.25, 0.41, -1.24, 1.07]), atol=0.02, rtol=0)
 
 
 def test_rloo_groups_stay_zero_sum_whatever_the_lengths():

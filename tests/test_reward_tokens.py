@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tiller.chat import END, ROLE_TOKENS
+from tiller.config import ConfigError
 from tiller.models import ScalarModel, load_tokenizer
 from tiller.rollout import kept_positions, sampling_stops
 from tiller.scoring import CompositeReward, RewardScorer, RewardSource
@@ -94,3 +95,55 @@ def test_the_value_model_starts_on_the_scale_of_the_rewards(random_rm, tiny_base
     raw = RewardScorer(str(random_rm), device="cpu").models[0](x, mask).item()
     assert abs(raw - want) > 0.1  # the raw head (the old initialisation) is on another scale
     assert m.ref.training is False and not any(p.requires_grad for p in m.ref.parameters())
+
+
+def test_an_answer_ended_by_the_models_eos_is_read_at_the_end_marker(random_rm):
+    """The RM learned answers rendered with <|end|> and reads the last token; an answer the policy ended
+    with its own EOS (here the tokenizer's end-of-text, not <|end|>) is scored as if it ended with <|end|>."""
+    scorer = RewardScorer(str(random_rm), device="cpu")
+    tok = scorer.tok
+    end = tok.convert_tokens_to_ids(END)
+    assert tok.eos_token_id is not None and tok.eos_token_id != end
+    prompt = tok("<|user|>\nHi<|end|>\n<|assistant|>\n", add_special_tokens=False)["input_ids"]
+    words = tok("Hello there.", add_special_tokens=False)["input_ids"]
+    by_eos, by_end, unfinished = scorer.score_ids([(prompt, words + [tok.eos_token_id]), (prompt, words + [end]),
+                                                   (prompt, words)])
+    assert by_eos == pytest.approx(by_end) and abs(by_end - unfinished) > 1e-4
+
+
+def test_a_value_folder_cannot_be_used_as_a_reward_model(random_rm, tmp_path):
+    value = ScalarModel.value_from(random_rm)
+    value.save_pretrained(tmp_path / "value")
+    load_tokenizer(random_rm).save_pretrained(tmp_path / "value")
+    with pytest.raises(ConfigError, match="is a value model"):
+        RewardScorer(str(tmp_path / "value"), device="cpu")
+
+
+def test_the_value_model_does_not_start_from_a_penalty_rm(random_rm, tiny_base_dir):
+    """A rule RM used as a penalty does not predict the return; with no summed RM the value head starts at 0."""
+    from tiller.stages.ppo import PPOConfig, load_models
+
+    m = load_models(PPOConfig(), str(tiny_base_dir), str(tiny_base_dir),
+                    [RewardSource(kind="rm", path=str(random_rm), role="penalty")])
+    assert m.value is not None
+    x = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        assert not m.value.token_values(x, torch.ones_like(x)).any()
+
+
+def test_the_reference_runs_in_the_policys_dtype(tiny_base_dir, tmp_path):
+    """From a bf16 checkpoint the policy trains in fp32; a bf16 reference would make the KL of the untrained
+    policy against itself nonzero. Both run in fp32, so it is 0."""
+    from tiller.models import load_policy
+    from tiller.rl import build_sequences, policy_forward
+    from tiller.stages.ppo import PPOConfig, load_models
+
+    model, tok = load_policy(tiny_base_dir, device="cpu")
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    tok.save_pretrained(tmp_path / "bf16")
+    any_reward = [RewardSource(kind="rm", path=str(tmp_path / "bf16"))]  # a zero head: only loading matters
+    m = load_models(PPOConfig(algo="reinforce"), str(tmp_path / "bf16"), str(tmp_path / "bf16"), any_reward)
+    assert {p.dtype for p in m.policy.parameters()} == {p.dtype for p in m.ref.parameters()} == {torch.float32}
+    b = build_sequences([tok("<|user|>\nHi<|end|>\n<|assistant|>\n")["input_ids"]], [[5, 6, 7]], tok.pad_token_id)
+    with torch.no_grad():
+        torch.testing.assert_close(policy_forward(m.policy, b, 1.0)[0], policy_forward(m.ref, b, 1.0)[0])

@@ -46,6 +46,24 @@ def test_fingerprint_follows_config_and_input_bytes(tmp_path):
     assert fingerprint("sft", C(), {"data": data}) != fp
 
 
+def test_a_stage_whose_code_changed_does_not_reuse_older_outputs(tmp_path, monkeypatch):
+    """Bumping a stage's version changes its fingerprint (a folder made by older code is redone); stages at
+    version 1 keep the fingerprint they always had, so their outputs are still reused."""
+    import hashlib
+
+    from tiller import runs
+    from tiller.config import to_dict
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("a\n")
+    unversioned = {"stage": "sft", "config": to_dict(C()), "inputs": {"data": runs.fingerprint_path(data)}}
+    old = hashlib.sha256(json.dumps(unversioned, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert runs.stage_version("sft") == 1 and fingerprint("sft", C(), {"data": data}) == old
+    monkeypatch.setitem(runs.STAGE_VERSIONS, "sft", 2)
+    assert fingerprint("sft", C(), {"data": data}) != old
+    assert runs.stage_version("ppo-rloo") == runs.stage_version("ppo") == 2
+
+
 def test_fingerprint_of_a_stage_folder_is_its_manifest_fingerprint(tmp_path):
     write_manifest(tmp_path / "stage", fingerprint="abc123")
     assert fingerprint_path(tmp_path / "stage") == "abc123"

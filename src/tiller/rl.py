@@ -131,7 +131,9 @@ def value_forward(value_model: ScalarModel, b: SequenceBatch) -> torch.Tensor:
 def disable_dropout(model: nn.Module) -> None:
     """RL needs the sampling policy and the trained policy to be the same function (lm-human-preferences
     turns dropout off), otherwise the PPO ratio is not 1 on the first minibatch. Zeroes ``nn.Dropout``
-    modules and the float rates of :func:`_dropout_rates` (issue #11: Llama's attention dropout is one)."""
+    modules and the float rates of :func:`_dropout_rates` (Llama's attention dropout is one). The rates in
+    ``model.config`` are zeroed too, so a policy saved after RL has no dropout in its config.json: set them
+    again before fine-tuning it with dropout."""
     for m in model.modules():
         if isinstance(m, _DropoutNd):
             m.p = 0.0

@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +48,26 @@ def fingerprint_path(path: str | Path) -> str:
     return str(path)  # a hub name: the name is all we know
 
 
-def fingerprint(stage: str, config: Any, inputs: dict[str, str | Path]) -> str:
-    payload = {
+# A stage's version is bumped when its output changes for the same config and inputs (a fix in its code), so
+# a run folder made by older code redoes that stage instead of reusing it. Version 1 is left out of the
+# fingerprint, so stages that never changed keep theirs. Version 2 (issue #11): samples stop at role headers,
+# RM items weigh by their rankings, PPO and best-of-n score the sampled tokens.
+STAGE_VERSIONS = {"sample": 2, "rm": 2, "ppo": 2, "bon": 2}
+
+
+def stage_version(stage: str) -> int:
+    """``ppo-rloo`` and the other algorithms share ``ppo``'s version."""
+    return STAGE_VERSIONS.get(stage.split("-")[0], 1)
+
+
+def fingerprint(stage: str, config: Any, inputs: Mapping[str, str | Path]) -> str:
+    payload: dict[str, Any] = {
         "stage": stage,
         "config": to_dict(config),
         "inputs": {k: fingerprint_path(v) for k, v in sorted(inputs.items())},
     }
+    if stage_version(stage) > 1:
+        payload["version"] = stage_version(stage)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

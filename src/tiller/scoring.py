@@ -19,6 +19,7 @@ from typing import Any, Literal
 import torch
 
 from tiller.batching import batch, encode_prompt, encode_response, join
+from tiller.chat import END
 from tiller.config import ConfigError, field
 from tiller.models import REWARD_FILE, ScalarModel, default_device, load_tokenizer, reward_members
 
@@ -45,6 +46,9 @@ class RewardScorer:
         tok = load_tokenizer(path)
         models = [ScalarModel.from_pretrained(m, tok, trainable=False).to(device or default_device())
                   for m in reward_members(path)]
+        if any(m.kind == "value" for m in models):
+            raise ConfigError(f"{path} is a value model (tiller-value.json), not a reward model: its head predicts "
+                              "returns under one policy, so score with the RM it was initialised from")
         if max_len is None:  # score with the truncation the RM was trained (and its bias set) with
             meta = Path(path) / REWARD_FILE
             max_len = json.loads(meta.read_text()).get("max_len", 256) if meta.is_file() else 256
@@ -80,8 +84,17 @@ class RewardScorer:
         return tok is self.tok or tok.get_vocab() == self.tok.get_vocab()
 
     def score_ids(self, token_ids: Sequence[tuple[list[int], list[int]]]) -> list[float]:
-        """Scores of (prompt ids, response ids) pairs exactly as sampled (prompt cut from the left to fit)."""
-        return self._combine([join(list(p), list(r), self.max_len)[0] for p, r in token_ids])
+        """Scores of (prompt ids, response ids) pairs as sampled (prompt cut from the left to fit). An answer
+        that ended with the model's own EOS instead of ``<|end|>`` is read at ``<|end|>``: the RM learned
+        to score answers rendered with it (``chat.render_response``), and reads its score at the last token."""
+        end, eos = self.tok.convert_tokens_to_ids(END), self.tok.eos_token_id
+        seqs = []
+        for p, r in token_ids:
+            r = list(r)
+            if r and eos is not None and eos != end and r[-1] == eos:
+                r[-1] = end
+            seqs.append(join(list(p), r, self.max_len)[0])
+        return self._combine(seqs)
 
     @torch.no_grad()
     def _raw(self, seqs: list[list[int]], member: int) -> torch.Tensor:

@@ -61,7 +61,7 @@ def test_prompts(world, n_per_family: int, seed: int, split: str = "test") -> tu
 
 def answer(policy: str, prompts: list[Any], families: list[str], temperature: float, seed: int,
            max_new_tokens: int = 48) -> PolicyAnswers:
-    model, tok = load_policy(policy)
+    model, tok = load_policy(policy, trainable=False)
     texts = generate(model, tok, prompts, temperature=temperature, seed=seed, max_new_tokens=max_new_tokens).texts
     return PolicyAnswers(str(policy), prompts, families, texts)
 
@@ -116,7 +116,7 @@ def corpus_loss(policy: str, corpus_valid: Path, max_docs: int = 400, block: int
     """Mean next-token loss on held-out pretraining text (the alignment tax of PPO vs PPO-ptx)."""
     from tiller.stages.pretrain import pack, read_corpus
 
-    model, tok = load_policy(policy)
+    model, tok = load_policy(policy, trainable=False)
     model.eval()
     x = pack(read_corpus(corpus_valid)[:max_docs], tok, block)  # (n, block), packed as pretraining packs them
     n = len(x)

@@ -62,7 +62,7 @@ class ChatEngine:
     def __init__(self, model_path: str, device: str | None = None, model_name: str | None = None) -> None:
         if device is None:  # a server wants the accelerator when there is one
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model, self.tokenizer = load_policy(model_path, device=device)
+        self.model, self.tokenizer = load_policy(model_path, device=device, trainable=False)
         self.model.eval()
         self.model_name = model_name or model_path
         self.device = next(self.model.parameters()).device

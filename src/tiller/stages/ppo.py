@@ -208,7 +208,7 @@ def advantages_and_returns(cfg: PPOConfig, scores: torch.Tensor, old_lp: torch.T
 def ptx_batch(blocks: torch.Tensor, cfg: PPOConfig, it: int, step: int) -> torch.Tensor:
     """The pretraining blocks of optimiser step ``step`` of iteration ``it``: drawn from (seed, it, step)
     alone, so a resumed run and any ``grad_accum`` see the same ones. (ptx_batch_size, ptx_block)"""
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it * 1009 + step)
+    g = torch.Generator().manual_seed(hash((cfg.seed, it, step)) % 2**62)  # ints hash alike in every process
     return blocks[torch.randint(0, len(blocks), (cfg.ptx_batch_size,), generator=g)]
 
 
@@ -218,22 +218,29 @@ class Models:
     tok: Any
     ref: Any
     value: ScalarModel | None
+    reward: CompositeReward
 
 
 def load_models(cfg: PPOConfig, policy_path: str, ref_path: str, sources: list[RewardSource]) -> Models:
-    """The trained policy (fp32), the frozen reference (checkpoint dtype) and, for ppo, the value model:
-    a separate network initialised from the first reward model (InstructGPT section 3.5) with the RM's
-    normalisation folded into its head, so values start on the scale of the rewards they predict."""
+    """The trained policy (fp32), the frozen reference, the reward and, for ppo, the value model.
+
+    The reference runs in the policy's dtype, not its checkpoint's: its logprobs enter the objective
+    (the KL), and a bf16 reference against an fp32 policy would put rounding noise into every token's
+    reward and a KL above 0 at iteration 0. The value model is a separate network initialised from the
+    first summed reward model that reads the policy's tokens (InstructGPT section 3.5), with the RM's
+    normalisation folded into its head so values start on the scale of the rewards they predict; with no
+    such RM (other vocabulary, only rules, functions or URLs) it starts from the policy with a zero head."""
     policy, tok = load_policy(policy_path, trainable=True)
-    ref, _ = load_policy(ref_path, trainable=False)
-    ref.eval().requires_grad_(False)
+    ref, _ = load_policy(ref_path, dtype=next(policy.parameters()).dtype, trainable=False)
     disable_dropout(policy)
+    reward = CompositeReward(sources, policy_tok=tok)
     value = None
     if cfg.algo == "ppo":
-        init = next((s.path for s in sources if s.kind == "rm"), policy_path)
+        init = next((s.path for s, by_ids in zip(sources, reward.by_ids, strict=True)
+                     if s.kind == "rm" and s.role == "sum" and by_ids), policy_path)
         value = ScalarModel.value_from(init, tok)
         disable_dropout(value)
-    return Models(policy, tok, ref, value)
+    return Models(policy, tok, ref, value, reward)
 
 
 def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Path, out: Path, log_dir: Path,
@@ -262,8 +269,7 @@ def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Pat
     if not prompts:
         raise ConfigError(f"{prompts_path}: no prompts in split {cfg.prompt_split!r}")
     m = load_models(cfg, policy_path, ref_path, sources)
-    tok, ref, value_model = m.tok, m.ref, m.value
-    reward = CompositeReward(sources, policy_tok=tok)
+    tok, ref, value_model, reward = m.tok, m.ref, m.value, m.reward
     blocks = None
     if cfg.ptx_coef:
         from tiller.stages.pretrain import pack, read_corpus
@@ -337,6 +343,8 @@ def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Pat
     if ema:
         ema.copy_to(final)
     evaluate_point(cfg.iterations)
+    if ema and curve and curve[-1]["iteration"] == cfg.iterations:  # the saved average, not the last weights
+        curve[-1]["ema"] = answers[-1]["ema"] = True
     last_point = {f"eval/{k}": v for k, v in curve[-1].items()} if curve else {}
     result = {**metrics, **last_point}
     if cfg.iterations > state["iteration"]:
@@ -401,7 +409,7 @@ def collect(cfg: PPOConfig, acc, policy, ref, value_model, tok, reward: Composit
                                                      beta, baseline)
     mean_kl = float(kl.sum(1).mean())
     info = {"objective/kl": mean_kl, "objective/score": float(raw_scores.mean()),
-            "objective/score_std": float(raw_scores.std()), "objective/non_score_reward": -beta * mean_kl,
+            "objective/score_std": float(raw_scores.std()) if len(raw_scores) > 1 else 0.0, "objective/non_score_reward": -beta * mean_kl,
             "policy/ended_fraction": float(ended.float().mean()),
             "policy/response_length": float(b.mask.sum(1).mean()),
             "time/generation": t1 - t0, "time/scoring": time.time() - t1,

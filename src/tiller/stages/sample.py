@@ -60,7 +60,7 @@ def sample(cfg: SampleConfig, policy: str, prompts_path: Path, out: Path, force:
     ended: list[bool] = []
     n_tokens = 0
     for who, n in sources:
-        model, tok = load_policy(who)
+        model, tok = load_policy(who, trainable=False)
         ro = generate(model, tok, [r.prompt for r in records], n=n, temperature=cfg.temperature, top_p=cfg.top_p,
                       max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed, show_progress=True)
         for i in range(len(records)):
