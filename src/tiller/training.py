@@ -33,7 +33,32 @@ def set_seed(seed: int) -> None:
     _accelerate_set_seed(seed)
 
 
+class LaunchError(RuntimeError):
+    """A stage was started as several processes, which it cannot yet use correctly."""
+
+
+def launched_processes() -> int:
+    """How many processes the launcher (``torchrun``, ``accelerate launch``) started, from ``WORLD_SIZE``."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
 def make_accelerator(grad_accum: int = 1, mixed_precision: str = "no", cpu: bool = False) -> Accelerator:
+    """The accelerator every training loop runs on; one process only, for now.
+
+    A launch of several processes stops here with a clear error instead of training wrongly without a word:
+    the stages do not yet split rollouts, reduce their statistics or write from rank 0 alone, so N ranks
+    would each do the whole run and overwrite each other's files. And on a CPU, unless
+    ``ACCELERATE_USE_CPU=true`` is set, ``torchrun``/``accelerate launch`` give N untied runs that
+    accelerate reports as not distributed at all (measured; issue #12 builds data parallelism)."""
+    n = launched_processes()
+    if n > 1:
+        raise LaunchError(
+            f"this stage was launched as {n} processes (WORLD_SIZE={n}), but tiller's training stages run in "
+            "one process for now: each rank would repeat the whole run and write the same files. Run it "
+            "without torchrun / accelerate launch (one process uses every local core).")
     return Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision=mixed_precision, cpu=cpu)
 
 
