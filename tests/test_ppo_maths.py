@@ -5,6 +5,7 @@ as memory only, the entropy at the sampling temperature, and the ptx draw."""
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadMo
 
 from tiller.config import ConfigError
 from tiller.losses import MovingBaseline, entropy_from_logits, masked_mean
-from tiller.models import ScalarModel
+from tiller.models import ScalarModel, enable_gradient_checkpointing
 from tiller.rl import RunningMoments, build_sequences, policy_forward, value_forward
 from tiller.stages.ppo import (
     Experience,
@@ -138,15 +139,19 @@ def experience(policy, value_model, temperature: float) -> Experience:
     return Experience(b, old, values, adv, returns)
 
 
-def run_epochs(grad_accum: int, lr: float = 0.1, temperature: float = 1.0, minibatch: int = 4, ema=None):
+def run_epochs(grad_accum: int, lr: float = 0.1, temperature: float = 1.0, minibatch: int = 4, ema=None,
+               precision: str = "no", checkpointing: bool = False):
     policy, value_model = tiny_models()
+    if checkpointing:
+        enable_gradient_checkpointing(policy)
+        enable_gradient_checkpointing(value_model)
     exp = experience(policy, value_model, temperature)
     cfg = PPOConfig(rollout_batch=8, minibatch_size=minibatch, grad_accum=grad_accum, ppo_epochs=1, ptx_coef=0.5,
                     ptx_batch_size=4, temperature=temperature, seed=3)
     blocks = torch.randint(1, VOCAB, (10, 6), generator=torch.Generator().manual_seed(2))
     opt = torch.optim.SGD(policy.parameters(), lr=lr)
     v_opt = torch.optim.SGD(value_model.parameters(), lr=lr)
-    stats = train_epochs(cfg, make_accelerator(), policy, opt, value_model, v_opt, exp, blocks, it=0, ema=ema)
+    stats = train_epochs(replace(cfg, mixed_precision=precision), make_accelerator(), policy, opt, value_model, v_opt, exp, blocks, it=0, ema=ema)
     return policy, value_model, stats, exp
 
 
@@ -164,6 +169,28 @@ def test_grad_accum_changes_memory_not_the_update():
         torch.testing.assert_close(a, c, atol=1e-6, rtol=1e-5)
     for a, b in zip(v1.parameters(), v2.parameters(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_gradient_checkpointing_changes_memory_not_the_update():
+    """Recomputing activations in the backward pass gives the same PPO update (policy and value model)."""
+    p1, v1, _, _ = run_epochs(grad_accum=2)
+    p2, v2, _, _ = run_epochs(grad_accum=2, checkpointing=True)
+    assert p2.transformer.gradient_checkpointing and v2.hf.transformer.gradient_checkpointing
+    for a, b in zip([*p1.parameters(), *v1.parameters()], [*p2.parameters(), *v2.parameters()], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_bf16_mixed_precision_keeps_fp32_weights_and_approximates_the_fp32_update():
+    """Under ``mixed_precision: bf16`` the forwards run in bf16 (autocast) while the weights and the
+    optimiser stay fp32: the update is close to the fp32 one but not equal to it (so bf16 really ran)."""
+    base, _ = tiny_models()
+    p32, _, _, _ = run_epochs(grad_accum=1)
+    p16, _, _, _ = run_epochs(grad_accum=1, precision="bf16")
+    assert {p.dtype for p in p16.parameters()} == {torch.float32}
+    d32 = torch.cat([(a - b).flatten() for a, b in zip(p32.parameters(), base.parameters(), strict=True)])
+    d16 = torch.cat([(a - b).flatten() for a, b in zip(p16.parameters(), base.parameters(), strict=True)])
+    assert not torch.equal(d32, d16)
+    assert torch.nn.functional.cosine_similarity(d32, d16, dim=0) > 0.95
 
 
 def test_the_ema_follows_every_optimiser_step():

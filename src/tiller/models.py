@@ -107,6 +107,20 @@ def load_policy(
     return model, tok
 
 
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute each block's activations in the backward pass instead of keeping them (Hugging Face's
+    gradient checkpointing, non-reentrant). For a :class:`ScalarModel` it applies to its transformer. Only
+    training-mode forwards are affected; sampling (eval mode) keeps its KV cache."""
+    hf = cast(PreTrainedModel, model.hf if isinstance(model, ScalarModel) else model)
+    if not getattr(hf, "supports_gradient_checkpointing", False):
+        raise ValueError(f"{type(hf).__name__} does not support gradient checkpointing")
+    kwargs = {"use_reentrant": False}
+    if hasattr(hf, "activation_checkpointing_enable"):  # the name since transformers 5
+        hf.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that start at 0 on the first real token, so left padding does not shift them. (B, T)"""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

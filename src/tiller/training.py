@@ -8,12 +8,13 @@ last whole checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -22,9 +23,15 @@ from accelerate.utils import set_seed as _accelerate_set_seed  # type: ignore[im
 from tqdm.auto import tqdm  # type: ignore[import-untyped]  # stubs are the separate types-tqdm package
 from transformers import get_cosine_schedule_with_warmup
 
+from tiller.config import ConfigError
 from tiller.runs import atomic_dir
 
 LOOP_STATE = "loop.json"
+
+Precision = Literal["no", "bf16"]
+PRECISION_HELP = ("compute dtype of the training forwards: no (fp32) or bf16 (autocast; CPUs and GPUs with bf16); "
+                  "the trained weights and the optimiser state stay fp32 either way")
+CHECKPOINTING_HELP = "recompute activations in the backward pass: less memory for about a third more compute"
 
 
 def set_seed(seed: int) -> None:
@@ -60,6 +67,18 @@ def make_accelerator(grad_accum: int = 1, mixed_precision: str = "no", cpu: bool
             "one process for now: each rank would repeat the whole run and write the same files. Run it "
             "without torchrun / accelerate launch (one process uses every local core).")
     return Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision=mixed_precision, cpu=cpu)
+
+
+def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The context a training forward runs in: bf16 autocast for ``precision="bf16"``, else nothing.
+
+    ``torch.autocast`` rather than ``Accelerator(mixed_precision=...)``: accelerate keeps that setting in a
+    process-wide singleton that refuses to change, and ``tiller run`` runs every stage in one process, each
+    with its own setting. fp16 is not offered: it needs loss scaling, and bf16 does not."""
+    dev = torch.device(device)
+    if precision == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("mixed_precision=bf16: this GPU has no bf16; use mixed_precision=no")
+    return torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def make_optimizer(

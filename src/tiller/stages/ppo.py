@@ -41,7 +41,7 @@ from tiller.losses import (
     ppo_value_loss,
     rloo_advantages,
 )
-from tiller.models import ScalarModel, load_policy
+from tiller.models import ScalarModel, enable_gradient_checkpointing, load_policy
 from tiller.rl import (
     EMA,
     RunningMoments,
@@ -57,7 +57,17 @@ from tiller.rollout import generate
 from tiller.runs import atomic_dir, fingerprint, is_done, read_manifest, write_manifest
 from tiller.scoring import CompositeReward, RewardSource
 from tiller.tracking import Tracker
-from tiller.training import Checkpointer, make_accelerator, make_optimizer, progress, set_seed
+from tiller.training import (
+    CHECKPOINTING_HELP,
+    PRECISION_HELP,
+    Checkpointer,
+    Precision,
+    autocast,
+    make_accelerator,
+    make_optimizer,
+    progress,
+    set_seed,
+)
 
 ANSWERS_FILE = "curve-answers.jsonl"  # the answers of each evaluation point, for eval/ to judge
 
@@ -110,6 +120,8 @@ class PPOConfig:
     eval_every: int = field(10, help="iterations between evaluation points of the reward/KL curve (0: end only)")
     eval_prompts: int = field(64, help="held-out prompts (valid split) answered at each evaluation point")
     checkpoint_every: int = field(5, help="iterations between resumable checkpoints")
+    mixed_precision: Precision = field("no", help=PRECISION_HELP)
+    gradient_checkpointing: bool = field(False, help=CHECKPOINTING_HELP)
     seed: int = field(0, help="random seed")
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], help="trackers")
 
@@ -233,6 +245,8 @@ def load_models(cfg: PPOConfig, policy_path: str, ref_path: str, sources: list[R
     policy, tok = load_policy(policy_path, trainable=True)
     ref, _ = load_policy(ref_path, dtype=next(policy.parameters()).dtype, trainable=False)
     disable_dropout(policy)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(policy)
     reward = CompositeReward(sources, policy_tok=tok)
     value = None
     if cfg.algo == "ppo":
@@ -240,6 +254,8 @@ def load_models(cfg: PPOConfig, policy_path: str, ref_path: str, sources: list[R
                      if s.kind == "rm" and s.role == "sum" and by_ids), policy_path)
         value = ScalarModel.value_from(init, tok)
         disable_dropout(value)
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(value)
     return Models(policy, tok, ref, value, reward)
 
 
@@ -404,7 +420,11 @@ def collect(cfg: PPOConfig, acc, policy, ref, value_model, tok, reward: Composit
                                      list(zip(ro.prompt_ids, ro.response_ids, strict=True)))
     scores = shaped_scores(cfg, raw_scores, ended, score_stats)
     b = build_sequences(ro.prompt_ids, ro.response_ids, tok.pad_token_id).to(acc.device)
-    old_lp, ref_lp, old_values = score_tokens(policy, ref, value_model, b, cfg.temperature, ro.logprobs)
+    # under mixed precision the old logprobs come from a forward in the training precision, not from the
+    # sampler's fp32 logits, so the first minibatch's ratio is 1; the reference runs the same way (KL 0 at start)
+    sampled = ro.logprobs if cfg.mixed_precision == "no" else None
+    with autocast(cfg.mixed_precision, acc.device):
+        old_lp, ref_lp, old_values = score_tokens(policy, ref, value_model, b, cfg.temperature, sampled)
     advantages, returns, kl = advantages_and_returns(cfg, scores.to(acc.device), old_lp, ref_lp, old_values, b.mask,
                                                      beta, baseline)
     mean_kl = float(kl.sum(1).mean())
@@ -442,7 +462,8 @@ def train_epochs(cfg: PPOConfig, acc, policy, opt, value_model, v_opt, exp: Expe
                 idx = chosen[mi * micro : (mi + 1) * micro]
                 mb = b.select(idx)
                 share = mb.mask.sum() / n_tokens
-                lp, logits = policy_forward(policy, mb, cfg.temperature)
+                with autocast(cfg.mixed_precision, acc.device):  # bf16 forwards; the weights stay fp32
+                    lp, logits = policy_forward(policy, mb, cfg.temperature)
                 pg_loss, st = ppo_policy_loss(lp, exp.old_logprobs[idx], exp.advantages[idx], mb.mask, cfg.cliprange)
                 loss = pg_loss * share
                 entropy = entropy_from_logits(logits.detach() / cfg.temperature)
@@ -452,12 +473,14 @@ def train_epochs(cfg: PPOConfig, acc, policy, opt, value_model, v_opt, exp: Expe
                 if ptx is not None:
                     part = ptx.shape[0] // cfg.grad_accum
                     x = ptx[mi * part : (mi + 1) * part]  # full blocks: equal token counts, equal weights
-                    lm = masked_lm_loss(policy(input_ids=x).logits, x)
+                    with autocast(cfg.mixed_precision, acc.device):
+                        lm = masked_lm_loss(policy(input_ids=x).logits, x)
                     loss = loss + cfg.ptx_coef * lm / cfg.grad_accum
                     row["loss/ptx"] = lm.item()
                 acc.backward(loss)
                 if value_model is not None:
-                    v = value_forward(value_model, mb)
+                    with autocast(cfg.mixed_precision, acc.device):
+                        v = value_forward(value_model, mb)
                     vf_loss, vst = ppo_value_loss(v, exp.old_values[idx], exp.returns[idx], mb.mask,
                                                   cfg.cliprange_value)
                     acc.backward(vf_loss * share)

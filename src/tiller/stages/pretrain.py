@@ -27,11 +27,15 @@ from transformers import (
 
 from tiller.chat import SPECIAL_TOKENS
 from tiller.config import ConfigError, field
-from tiller.models import PAD
+from tiller.models import PAD, enable_gradient_checkpointing
 from tiller.runs import atomic_dir, clean_other_fingerprints, fingerprint, is_done, write_manifest
 from tiller.tracking import Tracker
 from tiller.training import (
+    CHECKPOINTING_HELP,
+    PRECISION_HELP,
     Checkpointer,
+    Precision,
+    autocast,
     make_accelerator,
     make_optimizer,
     optimizer_step,
@@ -59,6 +63,8 @@ class PretrainConfig:
                                "runs out first, and training stops at the budget (0: no limit)")
     eval_batches: int = field(20, help="validation batches for perplexity")
     checkpoint_every: int = field(200, help="steps between resumable checkpoints")
+    mixed_precision: Precision = field("no", help=PRECISION_HELP)
+    gradient_checkpointing: bool = field(False, help=CHECKPOINTING_HELP)
     seed: int = field(0, help="random seed")
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], help="trackers: tensorboard, wandb, ...")
 
@@ -167,6 +173,8 @@ def pretrain(cfg: PretrainConfig, corpus_train: Path, corpus_valid: Path, out: P
     if len(train_blocks) == 0 or len(valid_blocks) == 0:
         raise ConfigError(f"corpus too small for block_size {cfg.block_size}")
     model = build_model(cfg, tok)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     steps = max(1, cfg.max_tokens // (cfg.batch_size * cfg.block_size))
     acc = make_accelerator()
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
@@ -205,7 +213,8 @@ def pretrain(cfg: PretrainConfig, corpus_train: Path, corpus_valid: Path, out: P
         if len(idx) < cfg.batch_size:  # wrap around: next epoch
             idx = torch.cat([idx, order[: cfg.batch_size - len(idx)]])
         x = train_blocks[idx].to(acc.device)
-        loss = model(input_ids=x, labels=x).loss
+        with autocast(cfg.mixed_precision, acc.device):
+            loss = model(input_ids=x, labels=x).loss
         optimizer_step(acc, model, loss, opt, sched)
         step += 1
         tokens_seen += x.numel()

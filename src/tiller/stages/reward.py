@@ -29,11 +29,15 @@ from tiller.config import ConfigError, field
 from tiller.data import Ranking, read_records
 from tiller.data.agreement import pairwise_agreement
 from tiller.losses import pair_preferences, preference_loss
-from tiller.models import MEMBERS_DIR, ScalarModel, load_tokenizer
+from tiller.models import MEMBERS_DIR, ScalarModel, enable_gradient_checkpointing, load_tokenizer
 from tiller.runs import atomic_dir, fingerprint, is_done, read_manifest, write_manifest
 from tiller.scoring import score_sorted
 from tiller.tracking import Tracker
 from tiller.training import (
+    CHECKPOINTING_HELP,
+    PRECISION_HELP,
+    Precision,
+    autocast,
     cosine_schedule,
     make_accelerator,
     make_optimizer,
@@ -62,6 +66,8 @@ class RMConfig:
     ensemble: int = field(1, help="reward models trained on the same data in different orders; their scores "
                                   "average (Coste et al. 2023: ensembles are more accurate and curb overoptimisation)")
     allow_empty: bool = field(False, help="accept empty responses (model samples, HH-RLHF's empty replies)")
+    mixed_precision: Precision = field("no", help=PRECISION_HELP)
+    gradient_checkpointing: bool = field(False, help=CHECKPOINTING_HELP)
     seed: int = field(0, help="random seed")
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], help="trackers")
 
@@ -242,6 +248,8 @@ def _train_member(cfg: RMConfig, m: int, model_path: str, tok, items: list[Ranke
     """One reward model; member ``m`` of an ensemble differs from the others by its seed (data order)."""
     set_seed(cfg.seed + m)
     model = ScalarModel.from_pretrained(model_path, tok)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     acc = make_accelerator()
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
     sched = cosine_schedule(opt, steps, warmup_ratio=0.05)
@@ -253,8 +261,9 @@ def _train_member(cfg: RMConfig, m: int, model_path: str, tok, items: list[Ranke
         rng.shuffle(order)
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
-            scores, prefs, valid_mask = forward_items(model, [seqs[j] for j in idx], [items[j] for j in idx],
-                                                      tok.pad_token_id, acc.device)
+            with autocast(cfg.mixed_precision, acc.device):
+                scores, prefs, valid_mask = forward_items(model, [seqs[j] for j in idx], [items[j] for j in idx],
+                                                          tok.pad_token_id, acc.device)
             n_labels = torch.tensor([items[j].n_labels for j in idx], dtype=torch.float32, device=acc.device)
             loss, stats = preference_loss(scores, prefs, valid_mask, n_labels)  # each ranking counts once
             optimizer_step(acc, model, loss, opt, sched)

@@ -20,10 +20,14 @@ from tiller.batching import IGNORE, encode_prompt, encode_response, pack_example
 from tiller.config import ConfigError, field
 from tiller.data import Demonstration, read_records
 from tiller.losses import masked_lm_loss
-from tiller.models import load_policy
+from tiller.models import enable_gradient_checkpointing, load_policy
 from tiller.runs import atomic_dir, fingerprint, is_done, read_manifest, write_manifest
 from tiller.tracking import Tracker
 from tiller.training import (
+    CHECKPOINTING_HELP,
+    PRECISION_HELP,
+    Precision,
+    autocast,
     cosine_schedule,
     make_accelerator,
     make_optimizer,
@@ -45,6 +49,8 @@ class SFTConfig:
     select_by_rm: str = field("", help="reward model folder: keep the epoch whose validation answers it scores best")
     rm_eval_prompts: int = field(64, help="validation prompts answered (greedy) for RM selection")
     allow_empty: bool = field(False, help="accept demonstrations with an empty response")
+    mixed_precision: Precision = field("no", help=PRECISION_HELP)
+    gradient_checkpointing: bool = field(False, help=CHECKPOINTING_HELP)
     seed: int = field(0, help="random seed")
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], help="trackers")
 
@@ -110,6 +116,8 @@ def sft(cfg: SFTConfig, model_path: str, demos_path: Path, out: Path, log_dir: P
     if cfg.packing:
         train_rows = pack_examples(train_rows, cfg.max_len, tok.pad_token_id)
     steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     acc = make_accelerator()
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
     sched = cosine_schedule(opt, steps_per_epoch * cfg.epochs, warmup_ratio=0.03)
@@ -127,7 +135,8 @@ def sft(cfg: SFTConfig, model_path: str, demos_path: Path, out: Path, log_dir: P
         for i in range(0, len(order), cfg.batch_size):
             b = {k: v.to(acc.device) for k, v in collate([train_rows[j] for j in order[i : i + cfg.batch_size]],
                                                            tok.pad_token_id).items()}
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            with autocast(cfg.mixed_precision, acc.device):
+                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
             loss = masked_lm_loss(logits, b["labels"])
             optimizer_step(acc, model, loss, opt, sched)
             step += 1
