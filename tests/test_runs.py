@@ -13,6 +13,7 @@ from tiller.runs import (
     atomic_dir,
     clean_other_fingerprints,
     clean_stale,
+    done_metrics,
     fingerprint,
     fingerprint_path,
     is_done,
@@ -87,6 +88,16 @@ def test_is_done_needs_same_fingerprint_and_done_status(tmp_path):
     assert not is_done(out, "fp1")
     assert read_manifest(out)["status"] == "running"
     assert json.loads((out / MANIFEST).read_text())["tiller_version"]
+
+
+def test_done_metrics_are_those_of_a_finished_stage_with_the_same_fingerprint(tmp_path):
+    out = tmp_path / "out"
+    assert done_metrics(out, "fp1") is None
+    write_manifest(out, stage="sft", fingerprint="fp1", metrics={"loss": 0.5})
+    assert done_metrics(out, "fp1") == {"loss": 0.5}
+    assert done_metrics(out, "fp2") is None
+    write_manifest(out, fingerprint="fp1", status="running", metrics={"loss": 0.5})
+    assert done_metrics(out, "fp1") is None
 
 
 def test_atomic_dir_leaves_nothing_when_the_body_raises(tmp_path):

@@ -76,9 +76,19 @@ def read_manifest(path: str | Path) -> dict[str, Any] | None:
     return json.loads(f.read_text()) if f.is_file() else None
 
 
-def is_done(out: str | Path, fp: str) -> bool:
+def _done_manifest(out: str | Path, fp: str) -> dict[str, Any] | None:
     m = read_manifest(out)
-    return m is not None and m.get("fingerprint") == fp and m.get("status") == "done"
+    return m if m is not None and m.get("fingerprint") == fp and m.get("status") == "done" else None
+
+
+def is_done(out: str | Path, fp: str) -> bool:
+    return _done_manifest(out, fp) is not None
+
+
+def done_metrics(out: str | Path, fp: str) -> dict[str, Any] | None:
+    """The metrics of a stage folder that finished with fingerprint ``fp``; None when it must be (re)done."""
+    m = _done_manifest(out, fp)
+    return None if m is None else m["metrics"]
 
 
 def write_manifest(out: str | Path, **fields: Any) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def launched_processes() -> int:
         return 1
 
 
-def make_accelerator(grad_accum: int = 1, mixed_precision: str = "no", cpu: bool = False) -> Accelerator:
+def make_accelerator(grad_accum: int = 1, cpu: bool = False) -> Accelerator:
     """The accelerator every training loop runs on; one process only, for now.
 
     A launch of several processes stops here with a clear error instead of training wrongly without a word:
@@ -66,7 +66,7 @@ def make_accelerator(grad_accum: int = 1, mixed_precision: str = "no", cpu: bool
             f"this stage was launched as {n} processes (WORLD_SIZE={n}), but tiller's training stages run in "
             "one process for now: each rank would repeat the whole run and write the same files. Run it "
             "without torchrun / accelerate launch (one process uses every local core).")
-    return Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision=mixed_precision, cpu=cpu)
+    return Accelerator(gradient_accumulation_steps=grad_accum, cpu=cpu)  # precision: see :func:`autocast`
 
 
 def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:

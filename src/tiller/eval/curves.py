@@ -52,6 +52,12 @@ def best_of_n(rm_scores: np.ndarray, gold_scores: np.ndarray, ns: Sequence[int])
     return rows
 
 
+def judge_scores(judge: Any) -> Callable[[list[Any], list[str]], list[float]]:
+    """``judge.score`` over lists of prompts and answers: the ``gold_fn`` that :func:`sample_and_score` and
+    :func:`bon_curve` take."""
+    return lambda prompts, texts: [judge.score(p, t) for p, t in zip(prompts, texts, strict=True)]
+
+
 def sample_and_score(policy_path: str | Path, rm_path: str | Path, prompts: Sequence[Any], n: int,
                      gold_fn: Callable[[list[Any], list[str]], Sequence[float]], temperature: float, seed: int,
                      max_new_tokens: int) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -163,9 +169,8 @@ def policy_headroom(policy_path: str | Path, rm_path: str | Path, prompts: Seque
                     max_new_tokens: int = 48) -> list[dict[str, Any]]:
     """Sample ``n`` answers per prompt from ``policy_path`` once, score them with the RM and the gold judge,
     then :func:`headroom` against ``baseline`` for n = 1, 2, 4, ... up to ``n``."""
-    texts, rm, gold = sample_and_score(
-        policy_path, rm_path, prompts, n, lambda ps, ts: [judge.score(p, t) for p, t in zip(ps, ts, strict=True)],
-        temperature, seed, max_new_tokens)
+    texts, rm, gold = sample_and_score(policy_path, rm_path, prompts, n, judge_scores(judge), temperature, seed,
+                                       max_new_tokens)
     cands = [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
     ns = sorted({1 << k for k in range(n.bit_length()) if 1 << k <= n} | {n})
     return headroom(judge.compare, prompts, cands, rm, gold, baseline, ns)

@@ -39,7 +39,7 @@ def evaluate_run(cfg, rd: Path, world, policies: dict[str, str], rms: dict[str, 
     """Judge the run: ``policies`` maps names to policy folders, ``rms`` round names (``r1``, ...) to the
     round's RM folder and the rankings it learned from, ``rm_metrics`` rounds to ``tiller rm``'s metrics.
     The pipeline adds the timings and training curves to what this returns."""
-    from tiller.eval.curves import bon_curve, gold_matches, policy_headroom, rl_curve
+    from tiller.eval.curves import bon_curve, gold_matches, judge_scores, policy_headroom, rl_curve
     from tiller.eval.elo import elo_intervals, elo_ratings
     from tiller.eval.evaluate import corpus_loss
     from tiller.eval.rm_accuracy import rm_gold_accuracy
@@ -75,9 +75,8 @@ def evaluate_run(cfg, rd: Path, world, policies: dict[str, str], rms: dict[str, 
             curves[name] = [CurvePoint.from_dict(p) for p in rl_curve(path, judge)]
     if es.bon_curve and "r1" in rms:
         valid = [p["prompt"] for p in world.prompts if p["split"] == "valid"][:64]
-        gold = lambda ps, ts: [judge.score(p, t) for p, t in zip(ps, ts, strict=True)]  # noqa: E731
-        curves["bon"] = [CurvePoint.from_dict(p)
-                         for p in bon_curve(policies["sft"], str(rms["r1"][0]), valid, gold, seed=es.seed)]
+        curves["bon"] = [CurvePoint.from_dict(p) for p in bon_curve(policies["sft"], str(rms["r1"][0]), valid,
+                                                                      judge_scores(judge), seed=es.seed)]
     out = RunResults(run=rd.name, policies=dict(policies), evals=evals, win_rates=wins, elo=elo,
                      elo_intervals=elo_intervals(matches, anchor=anchor), curves=curves, rm=rm_results)
     if es.headroom_n > 1 and rms and "sft" in answers:

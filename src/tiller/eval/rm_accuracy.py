@@ -11,8 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tiller.data import read_records
 from tiller.runs import atomic_write_text
-from tiller.stages.reward import RMConfig
+from tiller.scoring import RewardScorer
+from tiller.stages.reward import RMConfig, split_by_prompt, to_items
 
 CACHE_FILE = "gold-accuracy.json"
 
@@ -33,10 +35,6 @@ def rm_gold_accuracy(judge: Any, rm_dir: Path, rankings: list[Path], rm_cfg: RMC
 
 
 def _gold_accuracy(judge: Any, rm_dir: Path, rankings: list[Path], rm_cfg: RMConfig) -> float:
-    from tiller.data import read_records
-    from tiller.scoring import RewardScorer
-    from tiller.stages.reward import split_by_prompt, to_items
-
     records = [x for p in rankings for x in read_records(p, "ranking", allow_empty=True)]
     _, held_out = split_by_prompt(records, rm_cfg.valid_fraction, rm_cfg.seed)  # the split `tiller rm` held out
     items = to_items(held_out, merge=True)  # each answer set once, whatever the labelers

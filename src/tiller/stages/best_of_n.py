@@ -17,7 +17,7 @@ from tiller.config import ConfigError, field
 from tiller.data import Demonstration, read_records, write_jsonl
 from tiller.models import load_policy, load_tokenizer
 from tiller.rollout import generate
-from tiller.runs import atomic_dir, fingerprint, is_done, read_manifest, write_manifest
+from tiller.runs import atomic_dir, done_metrics, fingerprint, write_manifest
 from tiller.scoring import CompositeReward, RewardSource
 from tiller.stages.sft import SFTConfig, sft
 
@@ -61,10 +61,8 @@ def best_of_n(cfg: BoNConfig, policy_path: str, prompts_path: Path, out: Path, l
     inputs: dict[str, str | Path] = {"policy": policy_path, "prompts": prompts_path,
                                      **{f"reward{i}": s.path for i, s in enumerate(sources)}}
     fp = fingerprint("bon", cfg, inputs)
-    if is_done(out, fp) and not force:
-        manifest = read_manifest(out)
-        assert manifest is not None  # is_done just read it
-        return manifest["metrics"]
+    if not force and (done := done_metrics(out, fp)) is not None:
+        return done
     pool = [p.prompt for p in read_records(prompts_path, "prompt") if p.split == cfg.prompt_split]
     if not pool:
         raise ConfigError(f"{prompts_path}: no prompts in split {cfg.prompt_split!r}")

@@ -54,7 +54,7 @@ from tiller.rl import (
     value_forward,
 )
 from tiller.rollout import generate
-from tiller.runs import atomic_dir, fingerprint, is_done, read_manifest, write_manifest
+from tiller.runs import atomic_dir, done_metrics, fingerprint, write_manifest
 from tiller.scoring import CompositeReward, RewardSource
 from tiller.tracking import Tracker
 from tiller.training import (
@@ -274,10 +274,8 @@ def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Pat
                                      **{f"reward{i}": s.path for i, s in enumerate(sources) if s.kind == "rm"},
                                      **({"ptx": ptx_corpus} if ptx_corpus and cfg.ptx_coef else {})}
     fp = fingerprint(f"ppo-{cfg.algo}", cfg, inputs)
-    if is_done(out, fp) and not force:
-        manifest = read_manifest(out)
-        assert manifest is not None  # is_done just read it
-        return manifest["metrics"]
+    if not force and (done := done_metrics(out, fp)) is not None:
+        return done
     set_seed(cfg.seed)
     records = read_records(prompts_path, "prompt")
     prompts = [p.prompt for p in records if p.split == cfg.prompt_split]
@@ -429,7 +427,8 @@ def collect(cfg: PPOConfig, acc, policy, ref, value_model, tok, reward: Composit
                                                      beta, baseline)
     mean_kl = float(kl.sum(1).mean())
     info = {"objective/kl": mean_kl, "objective/score": float(raw_scores.mean()),
-            "objective/score_std": float(raw_scores.std()) if len(raw_scores) > 1 else 0.0, "objective/non_score_reward": -beta * mean_kl,
+            "objective/score_std": float(raw_scores.std()) if len(raw_scores) > 1 else 0.0,
+            "objective/non_score_reward": -beta * mean_kl,
             "policy/ended_fraction": float(ended.float().mean()),
             "policy/response_length": float(b.mask.sum(1).mean()),
             "time/generation": t1 - t0, "time/scoring": time.time() - t1,

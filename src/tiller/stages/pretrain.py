@@ -28,7 +28,7 @@ from transformers import (
 from tiller.chat import SPECIAL_TOKENS
 from tiller.config import ConfigError, field
 from tiller.models import PAD, enable_gradient_checkpointing
-from tiller.runs import atomic_dir, clean_other_fingerprints, fingerprint, is_done, write_manifest
+from tiller.runs import atomic_dir, clean_other_fingerprints, done_metrics, fingerprint, write_manifest
 from tiller.tracking import Tracker
 from tiller.training import (
     CHECKPOINTING_HELP,
@@ -155,8 +155,8 @@ def pretrain(cfg: PretrainConfig, corpus_train: Path, corpus_valid: Path, out: P
              force: bool = False) -> dict:
     """Train tokenizer + model; returns metrics (``eval/perplexity``...). Skips if already done."""
     fp = fingerprint("pretrain", cfg, {"train": corpus_train, "valid": corpus_valid})
-    if is_done(out, fp) and not force:
-        return json.loads((out / "tiller-manifest.json").read_text())["metrics"]
+    if not force and (done := done_metrics(out, fp)) is not None:
+        return done
     set_seed(cfg.seed)
     train_docs, valid_docs = read_corpus(corpus_train), read_corpus(corpus_valid)
     # tied to the fingerprint: a changed config never resumes a stale checkpoint

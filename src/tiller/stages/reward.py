@@ -30,7 +30,7 @@ from tiller.data import Ranking, read_records
 from tiller.data.agreement import pairwise_agreement
 from tiller.losses import pair_preferences, preference_loss
 from tiller.models import MEMBERS_DIR, ScalarModel, enable_gradient_checkpointing, load_tokenizer
-from tiller.runs import atomic_dir, fingerprint, is_done, read_manifest, write_manifest
+from tiller.runs import atomic_dir, done_metrics, fingerprint, write_manifest
 from tiller.scoring import score_sorted
 from tiller.tracking import Tracker
 from tiller.training import (
@@ -53,8 +53,8 @@ class RMConfig:
     lr: float = field(3e-4, help="peak learning rate (cosine schedule)")
     batch_size: int = field(16, help="items per step (an item: one prompt's K responses and its rankings)")
     merge_labelers: bool = field(True, help="one item per set of responses, targets averaged over its labelers "
-                                            "(weighted by their number of rankings, so the same loss as false: one item per ranking record, "
-                                            "at L times the forwards)")
+                                            "(weighted by their number of rankings, so the same loss as false: one "
+                                            "item per ranking record, at L times the forwards)")
     max_len: int = field(160, help="prompt+response tokens per response")
     weight_decay: float = field(0.0, help="AdamW weight decay")
     valid_fraction: float = field(0.15, help="share of PROMPTS held out (all labelers' rankings of one prompt together)")
@@ -283,10 +283,8 @@ def train_rm(cfg: RMConfig, model_path: str, rankings: list[Path], demos_path: P
     if demos_path:
         inputs["demos"] = demos_path
     fp = fingerprint("rm", cfg, inputs)
-    if is_done(out, fp) and not force:
-        manifest = read_manifest(out)
-        assert manifest is not None  # is_done just read it
-        return manifest["metrics"]
+    if not force and (done := done_metrics(out, fp)) is not None:
+        return done
     set_seed(cfg.seed)
     records: list[Ranking] = [r for p in rankings for r in read_records(p, "ranking", allow_empty=cfg.allow_empty)]
     if cfg.label_source.startswith("flags:"):

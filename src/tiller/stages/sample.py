@@ -11,7 +11,7 @@ from tiller.config import ConfigError, field
 from tiller.data import PromptRecord, SampleSet, read_records, write_jsonl
 from tiller.models import load_policy
 from tiller.rollout import generate
-from tiller.runs import fingerprint, is_done, read_manifest, write_manifest
+from tiller.runs import done_metrics, fingerprint, write_manifest
 from tiller.training import set_seed
 
 
@@ -43,10 +43,8 @@ def sample(cfg: SampleConfig, policy: str, prompts_path: Path, out: Path, force:
     inputs: dict[str, str | Path] = {"policy": policy, "prompts": prompts_path,
                                      **({"mix_with": cfg.mix_with} if cfg.mix_k else {})}
     fp = fingerprint("sample", cfg, inputs)  # the second policy's content counts too, not only its path
-    if out.is_file() and is_done(meta_dir, fp) and not force:
-        manifest = read_manifest(meta_dir)
-        assert manifest is not None  # is_done just read it
-        return manifest["metrics"]
+    if out.is_file() and not force and (done := done_metrics(meta_dir, fp)) is not None:
+        return done
     set_seed(cfg.seed)
     records: list[PromptRecord] = [p for p in read_records(prompts_path, "prompt") if not cfg.split or p.split == cfg.split]
     if not records:

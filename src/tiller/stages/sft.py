@@ -21,7 +21,7 @@ from tiller.config import ConfigError, field
 from tiller.data import Demonstration, read_records
 from tiller.losses import masked_lm_loss
 from tiller.models import enable_gradient_checkpointing, load_policy
-from tiller.runs import atomic_dir, fingerprint, is_done, read_manifest, write_manifest
+from tiller.runs import atomic_dir, done_metrics, fingerprint, write_manifest
 from tiller.tracking import Tracker
 from tiller.training import (
     CHECKPOINTING_HELP,
@@ -99,10 +99,8 @@ def sft(cfg: SFTConfig, model_path: str, demos_path: Path, out: Path, log_dir: P
     inputs: dict[str, str | Path] = {"model": model_path, "demos": demos_path,
                                      **({"rm": cfg.select_by_rm} if cfg.select_by_rm else {})}
     fp = fingerprint("sft", cfg, inputs)
-    if is_done(out, fp) and not force:
-        manifest = read_manifest(out)
-        assert manifest is not None  # is_done just read it
-        return manifest["metrics"]
+    if not force and (done := done_metrics(out, fp)) is not None:
+        return done
     set_seed(cfg.seed)
     demos = read_records(demos_path, "demonstration", allow_empty=cfg.allow_empty)
     random.Random(cfg.seed).shuffle(demos)
