@@ -62,7 +62,7 @@ def test_a_stage_whose_code_changed_does_not_reuse_older_outputs(tmp_path, monke
     assert runs.stage_version("sft") == 1 and fingerprint("sft", C(), {"data": data}) == old
     monkeypatch.setitem(runs.STAGE_VERSIONS, "sft", 2)
     assert fingerprint("sft", C(), {"data": data}) != old
-    assert runs.stage_version("ppo-rloo") == runs.stage_version("ppo") == 2
+    assert runs.stage_version("ppo-rloo") == runs.stage_version("ppo") == 3
 
 
 def test_fingerprint_of_a_stage_folder_is_its_manifest_fingerprint(tmp_path):

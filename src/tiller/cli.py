@@ -7,8 +7,10 @@ same run folder. A bad config or data file prints one line and exits with status
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -19,6 +21,7 @@ from tiller.chat import ChatFormatError
 from tiller.config import ConfigError, help_lines, load_config
 from tiller.data.cli import app as data_app
 from tiller.data.formats import DataError
+from tiller.distributed import launched_processes, rank
 from tiller.runs import run_dir
 
 transformers_logging = __import__("transformers").utils.logging
@@ -41,13 +44,25 @@ Force = Annotated[bool, typer.Option("--force", help="redo the stage even if its
 Overrides = Annotated[list[str] | None, typer.Argument(help="config overrides, key=value (dotted for nesting)")]
 
 
+DATA_PARALLEL = {"pretrain", "sft", "rm", "ppo", "bon"}  # the commands that run under torchrun / accelerate launch
+
+
 def user_errors(fn: F) -> F:
-    """Turn the errors a user can fix (bad config, bad data) into one line on stderr and exit status 2."""
+    """Turn the errors a user can fix (bad config, bad data) into one line on stderr and exit status 2.
+
+    Under a multi-process launch only the data-parallel stages run, and only the main process prints to
+    stdout (every rank would print the same result); errors still reach stderr from any rank."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        name = fn.__name__.removesuffix("_cmd")
         try:
-            return fn(*args, **kwargs)
+            if launched_processes() > 1 and name not in DATA_PARALLEL:
+                raise ConfigError(f"`tiller {name}` runs in one process; launch it without torchrun / accelerate "
+                                  f"launch (the data-parallel stages are {', '.join(sorted(DATA_PARALLEL))})")
+            quiet = contextlib.redirect_stdout(open(os.devnull, "w")) if rank() > 0 else contextlib.nullcontext()
+            with quiet:
+                return fn(*args, **kwargs)
         except (ConfigError, DataError, ChatFormatError, FileNotFoundError, TimeoutError) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None

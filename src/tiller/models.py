@@ -247,9 +247,13 @@ class ScalarModel(nn.Module):
         )
         return _head(self.hf)(out.last_hidden_state).squeeze(-1).float()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Raw (unnormalised) score at the last real token, for left or right padding. (B,)"""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, per_token: bool = False) -> torch.Tensor:
+        """Raw (unnormalised) score at the last real token, for left or right padding (B,); with
+        ``per_token`` the head at every position (B, T), as :meth:`token_values` (a value model under DDP
+        must be called through ``forward`` for its gradients to be synced)."""
         values = self.token_values(input_ids, attention_mask)
+        if per_token:
+            return values
         idx = last_token_index(attention_mask)
         return values.gather(1, idx[:, None]).squeeze(1)
 

@@ -16,8 +16,9 @@ from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 from transformers import PretrainedConfig
 
+from tiller import distributed
 from tiller.batching import pad
-from tiller.losses import logprobs_from_logits
+from tiller.losses import logprobs_from_logits, masked_whiten
 from tiller.models import ScalarModel, position_ids_from_mask
 
 
@@ -72,7 +73,8 @@ def policy_forward(model: nn.Module, b: SequenceBatch, temperature: float) -> tu
     b = without_common_padding(b)
     width = b.response_ids.shape[1] + 1  # the last prompt position and the response positions
     # a class is hashable, but mypy checks type[X] against Hashable with the unbound X.__hash__
-    keep = {"logits_to_keep": width} if accepts(type(model), "logits_to_keep") else {}  # type: ignore[arg-type]
+    inner = getattr(model, "module", model)  # under DDP the wrapper forwards the keyword to the model
+    keep = {"logits_to_keep": width} if accepts(type(inner), "logits_to_keep") else {}  # type: ignore[arg-type]
     out = model(input_ids=b.input_ids, attention_mask=b.attention_mask,
                 position_ids=position_ids_from_mask(b.attention_mask), **keep)
     logits = out.logits[:, -width:-1].float()
@@ -122,10 +124,25 @@ def old_logprobs(policy: nn.Module, b: SequenceBatch, sampled: list[torch.Tensor
 
 
 def value_forward(value_model: ScalarModel, b: SequenceBatch) -> torch.Tensor:
-    """V(s_t) for each response token t: the head read at the position that generates it. (B, R)"""
+    """V(s_t) for each response token t: the head read at the position that generates it. (B, R)
+
+    Called through ``forward(per_token=True)``, not ``token_values``, so that a DDP-wrapped value model
+    syncs its gradients (DDP hooks only what goes through its forward)."""
     b = without_common_padding(b)
-    v = value_model.token_values(b.input_ids, b.attention_mask)
+    v = value_model(b.input_ids, b.attention_mask, per_token=True)
     return v[:, b.prompt_width - 1 : -1]
+
+
+def whiten_across_ranks(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``masked_whiten`` with the mean and (Bessel-corrected) variance of the masked entries of every
+    data-parallel rank, so N ranks whiten a rollout as one process whitens all of it. (B, R)"""
+    if not distributed.active():
+        return masked_whiten(x, mask)
+    m = mask.to(x.dtype)
+    s1, n, s2 = distributed.all_sum(torch.stack([(x * m).sum(), m.sum(), (x * x * m).sum()]).double()).tolist()
+    mean = s1 / n
+    var = (s2 / n - mean * mean) * n / max(n - 1, 1.0)
+    return (x - mean) * (var + 1e-8) ** -0.5 * m
 
 
 def disable_dropout(model: nn.Module) -> None:

@@ -82,10 +82,12 @@ def top_p_filter(scaled: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 def pick_next(logits: torch.Tensor, temperature: float, top_p: float,
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+              generator: torch.Generator | list[torch.Generator] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Next token per row (B,) and its log-probability under the *unfiltered* softmax(logits / T), the
     quantity PPO's ratio and KL use; greedy (T = 0) has no such distribution and returns None.
-    ``generator``: the caller's own random stream (the server's per-request seed), else torch's global one.
+    ``generator``: the caller's own random stream (the server's per-request seed), or one per row
+    (:func:`row_generators`), else torch's global one.
 
     With ``top_p < 1`` the token comes from the nucleus, so this log-probability is not the sampling
     distribution's: RL therefore refuses ``top_p < 1`` (``PPOConfig.validate``), and only sampling for
@@ -94,9 +96,20 @@ def pick_next(logits: torch.Tensor, temperature: float, top_p: float,
         return logits.argmax(-1), None
     scaled = logits.float() / temperature
     filtered = top_p_filter(scaled, top_p) if top_p < 1.0 else scaled
-    nxt = torch.multinomial(filtered.softmax(-1), num_samples=1, generator=generator).squeeze(1)
+    probs = filtered.softmax(-1)
+    if isinstance(generator, list):
+        nxt = torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generator)])
+    else:
+        nxt = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
     logp = scaled.gather(1, nxt[:, None]).squeeze(1) - scaled.logsumexp(-1)
     return nxt, logp
+
+
+def row_generators(seeds: list[int], device: torch.device | str) -> list[torch.Generator]:
+    """One random stream per answer. An answer's tokens then depend on its own seed and not on which batch,
+    chunk or process it was sampled in, so a rollout split over N data-parallel ranks samples exactly
+    what one process samples (up to float rounding of the logits)."""
+    return [torch.Generator(device=device).manual_seed(s) for s in seeds]
 
 
 # --- the model call -------------------------------------------------------------------------------------
@@ -185,9 +198,11 @@ COMPILED_STEP = CompiledStep()
 
 def sample_loop(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, stops: torch.Tensor,
                 pad_id: int, max_new_tokens: int, temperature: float, top_p: float,
-                compile: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                compile: bool = False, generators: list[torch.Generator] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Sampled tokens (B, S) and their log-probabilities (B, S) or None, S <= max_new_tokens; rows that
-    stopped are filled with ``pad_id``, and the loop ends once every row has stopped."""
+    stopped are filled with ``pad_id``, and the loop ends once every row has stopped. ``generators``: one
+    random stream per row (:func:`row_generators`), else torch's global one."""
     b, p = input_ids.shape
     options = call_options(model)
     length = p + max_new_tokens
@@ -203,7 +218,7 @@ def sample_loop(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask:
     tokens: list[torch.Tensor] = []
     logps: list[torch.Tensor] = []
     for t in range(max_new_tokens):
-        nxt, logp = pick_next(logits, temperature, top_p)
+        nxt, logp = pick_next(logits, temperature, top_p, generators)
         nxt = nxt.masked_fill(done, pad_id)
         tokens.append(nxt)
         if logp is not None:  # None exactly when temperature <= 0, where logps is not used
@@ -249,9 +264,11 @@ def generate(
     show_progress: bool = False,
     backend: Backend = "loop",
     compile: bool = False,
+    row_seeds: list[int] | None = None,
 ) -> Rollout:
     """Sample ``n`` answers to each prompt (``temperature`` 0 means greedy). ``compile`` applies to the
-    loop sampler only."""
+    loop sampler only. ``row_seeds`` (loop sampler): a seed per answer, prompt-major, so each answer is the
+    same whatever the batching or the process it is sampled in (:func:`row_generators`)."""
     was_training = model.training
     model.eval()
     if seed is not None:
@@ -263,14 +280,20 @@ def generate(
     out = Rollout()
     device = next(model.parameters()).device
     stop_tensor = torch.tensor(stop_list, device=device)
+    if row_seeds is not None:
+        if backend != "loop":
+            raise ValueError("row_seeds need the loop sampler: Hugging Face generate draws from one stream")
+        if len(row_seeds) != len(flat):
+            raise ValueError(f"row_seeds: {len(row_seeds)} seeds for {len(flat)} answers")
     bar = progress(len(flat), "sampling", disable=not show_progress)
     for start in range(0, len(flat), batch_size):
         chunk = flat[start : start + batch_size]
         enc = {k: v.to(device) for k, v in batch(chunk, tok.pad_token_id, side="left").items()}
         logps = None
         if backend == "loop":
+            gens = row_generators(row_seeds[start : start + batch_size], device) if row_seeds is not None else None
             new, logps = sample_loop(model, enc["input_ids"], enc["attention_mask"], stop_tensor, tok.pad_token_id,
-                                     max_new_tokens, temperature, top_p, compile)
+                                     max_new_tokens, temperature, top_p, compile, gens)
         else:
             new = sample_hf(model, enc["input_ids"], enc["attention_mask"], stop_list, tok.pad_token_id,
                             max_new_tokens, temperature, top_p)

@@ -51,8 +51,9 @@ def fingerprint_path(path: str | Path) -> str:
 # A stage's version is bumped when its output changes for the same config and inputs (a fix in its code), so
 # a run folder made by older code redoes that stage instead of reusing it. Version 1 is left out of the
 # fingerprint, so stages that never changed keep theirs. Version 2 (issue #11): samples stop at role headers,
-# RM items weigh by their rankings, PPO and best-of-n score the sampled tokens.
-STAGE_VERSIONS = {"sample": 2, "rm": 2, "ppo": 2, "bon": 2}
+# RM items weigh by their rankings, PPO and best-of-n score the sampled tokens. Version 3 (issue #12): PPO and
+# best-of-n sample each answer from its own seeded stream, the same under any number of processes.
+STAGE_VERSIONS = {"sample": 2, "rm": 2, "ppo": 3, "bon": 3}
 
 
 def stage_version(stage: str) -> int:

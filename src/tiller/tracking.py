@@ -10,16 +10,22 @@ from typing import Any
 
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS  # type: ignore[import-untyped]  # accelerate ships no py.typed
 
+from tiller.distributed import is_main
+
 
 class Tracker:
-    """Logs namespaced scalars (``loss/policy``, ``objective/kl``) for one stage of a run."""
+    """Logs namespaced scalars (``loss/policy``, ``objective/kl``) for one stage of a run; on the main
+    process only (under data parallelism the other ranks' trackers do nothing, so a stage logs once)."""
 
     def __init__(self, log_dir: str | Path, stage: str, report_to: list[str] | tuple[str, ...] = ("tensorboard",)):
+        self.enabled = is_main()
         self.log_dir = Path(log_dir)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
         self.stage = stage
+        self._trackers: list[Any] = []
+        if not self.enabled:
+            return
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.log_dir / "metrics.jsonl", "a")
-        self._trackers = []
         for name in report_to:
             if name in ("none", "jsonl"):
                 continue
@@ -35,6 +41,8 @@ class Tracker:
             self._trackers.append(tracker)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
+        if not self.enabled:
+            return
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         self._jsonl.write(json.dumps({"stage": self.stage, "step": step, "time": time.time(), **scalars}) + "\n")
         self._jsonl.flush()
@@ -42,6 +50,8 @@ class Tracker:
             t.log(scalars, step=step)
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self._jsonl.close()
         for t in self._trackers:
             t.finish()

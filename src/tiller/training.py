@@ -18,13 +18,15 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from accelerate import Accelerator  # type: ignore[import-untyped]  # accelerate ships no py.typed
+from accelerate import Accelerator, PartialState  # type: ignore[import-untyped]  # accelerate ships no py.typed
+from accelerate.utils import DataLoaderConfiguration  # type: ignore[import-untyped]  # as above
 from accelerate.utils import set_seed as _accelerate_set_seed  # type: ignore[import-untyped]  # as above
 from tqdm.auto import tqdm  # type: ignore[import-untyped]  # stubs are the separate types-tqdm package
 from transformers import get_cosine_schedule_with_warmup
 
+from tiller import distributed
 from tiller.config import ConfigError
-from tiller.runs import atomic_dir
+from tiller.distributed import launched_processes
 
 LOOP_STATE = "loop.json"
 
@@ -41,32 +43,34 @@ def set_seed(seed: int) -> None:
 
 
 class LaunchError(RuntimeError):
-    """A stage was started as several processes, which it cannot yet use correctly."""
+    """A stage was started as several processes that are not tied into one data-parallel job."""
 
 
-def launched_processes() -> int:
-    """How many processes the launcher (``torchrun``, ``accelerate launch``) started, from ``WORLD_SIZE``."""
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        return 1
+def start_processes() -> None:
+    """Join the data-parallel process group now (gloo on a CPU, NCCL on GPUs), for a stage whose first
+    collective comes before its accelerator (best-of-n samples before it fine-tunes). Idempotent."""
+    if launched_processes() > 1:
+        PartialState(cpu=not torch.cuda.is_available())
 
 
 def make_accelerator(grad_accum: int = 1, cpu: bool = False) -> Accelerator:
-    """The accelerator every training loop runs on; one process only, for now.
+    """The accelerator every training loop runs on: one process, or one rank of a data-parallel launch.
 
-    A launch of several processes stops here with a clear error instead of training wrongly without a word:
-    the stages do not yet split rollouts, reduce their statistics or write from rank 0 alone, so N ranks
-    would each do the whole run and overwrite each other's files. And on a CPU, unless
-    ``ACCELERATE_USE_CPU=true`` is set, ``torchrun``/``accelerate launch`` give N untied runs that
-    accelerate reports as not distributed at all (measured; issue #12 builds data parallelism)."""
+    Under ``torchrun`` / ``accelerate launch`` with N processes and no GPU, the CPU backend (gloo) is asked
+    for explicitly: without it accelerate reports "not distributed" and the N processes train N untied
+    copies without a word (measured, issue #12). A launch that still does not come out as N tied
+    processes stops here with a clear error."""
     n = launched_processes()
-    if n > 1:
+    # split_batches: tiller's loops split each *global* batch over the ranks themselves, so a prepared
+    # scheduler steps once per optimiser step (by default accelerate steps it once per rank)
+    acc = Accelerator(gradient_accumulation_steps=grad_accum, cpu=cpu or (n > 1 and not torch.cuda.is_available()),
+                      dataloader_config=DataLoaderConfiguration(split_batches=True))
+    if acc.num_processes != n:
         raise LaunchError(
-            f"this stage was launched as {n} processes (WORLD_SIZE={n}), but tiller's training stages run in "
-            "one process for now: each rank would repeat the whole run and write the same files. Run it "
-            "without torchrun / accelerate launch (one process uses every local core).")
-    return Accelerator(gradient_accumulation_steps=grad_accum, cpu=cpu)  # precision: see :func:`autocast`
+            f"this stage was launched as {n} processes (WORLD_SIZE={n}), but accelerate set up "
+            f"{acc.num_processes} ({acc.distributed_type}): the ranks would train untied copies. Launch with "
+            "torchrun or `accelerate launch --multi_gpu` (see docs/scaling.md).")
+    return acc  # precision: see :func:`autocast`
 
 
 def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
@@ -110,7 +114,9 @@ def optimizer_step(acc: Accelerator, model: torch.nn.Module, loss: torch.Tensor,
 
 
 def progress(total: int, desc: str, disable: bool = False) -> tqdm:
-    return tqdm(total=total, desc=desc, dynamic_ncols=True, disable=disable or os.environ.get("TILLER_QUIET") == "1")
+    """A progress bar on the main process (other ranks would draw the same bar again)."""
+    quiet = disable or os.environ.get("TILLER_QUIET") == "1" or not distributed.is_main()
+    return tqdm(total=total, desc=desc, dynamic_ncols=True, disable=quiet)
 
 
 class Checkpointer:
@@ -121,9 +127,23 @@ class Checkpointer:
         self.acc = accelerator
 
     def save(self, loop_state: dict[str, Any]) -> None:
-        with atomic_dir(self.folder) as tmp:
-            self.acc.save_state(str(tmp), safe_serialization=False)  # torch.save: tied weights need no special case
+        """Every rank calls this (each writes its own RNG state; the main process the model and optimiser),
+        into one shared temporary folder that the main process renames into place once all have written."""
+        tmp = self.folder.with_name(f".{self.folder.name}.tmp-ckpt")
+        if distributed.is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        distributed.barrier()
+        self.acc.save_state(str(tmp), safe_serialization=False)  # torch.save: tied weights need no special case
+        distributed.barrier()
+        if distributed.is_main():
             (tmp / LOOP_STATE).write_text(json.dumps(loop_state))
+            old = self.folder.with_name(f".{self.folder.name}.old-ckpt")
+            if self.folder.exists():
+                os.replace(self.folder, old)
+            os.replace(tmp, self.folder)
+            shutil.rmtree(old, ignore_errors=True)
+        distributed.barrier()  # nobody reads or replaces the checkpoint before it is whole
 
     def peek(self) -> dict[str, Any] | None:
         """The loop state of the checkpoint, without restoring anything."""
@@ -135,7 +155,12 @@ class Checkpointer:
         if not (self.folder / LOOP_STATE).is_file():
             return None
         self.acc.load_state(str(self.folder))
-        return json.loads((self.folder / LOOP_STATE).read_text())
+        state = json.loads((self.folder / LOOP_STATE).read_text())
+        distributed.barrier()  # every rank has read it before any may write the next one
+        return state
 
     def clear(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        distributed.barrier()
+        if distributed.is_main():
+            shutil.rmtree(self.folder, ignore_errors=True)
+        distributed.barrier()

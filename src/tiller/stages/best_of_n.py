@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from tiller import distributed
 from tiller.config import ConfigError, field
 from tiller.data import Demonstration, read_records, write_jsonl
 from tiller.models import load_policy, load_tokenizer
@@ -20,6 +21,7 @@ from tiller.rollout import generate
 from tiller.runs import atomic_dir, done_metrics, fingerprint, write_manifest
 from tiller.scoring import CompositeReward, RewardSource
 from tiller.stages.sft import SFTConfig, sft
+from tiller.training import start_processes
 
 
 @dataclass
@@ -66,29 +68,41 @@ def best_of_n(cfg: BoNConfig, policy_path: str, prompts_path: Path, out: Path, l
     pool = [p.prompt for p in read_records(prompts_path, "prompt") if p.split == cfg.prompt_split]
     if not pool:
         raise ConfigError(f"{prompts_path}: no prompts in split {cfg.prompt_split!r}")
+    start_processes()  # sampling is split over the ranks before the first fine-tuning sets up its accelerator
     reward = CompositeReward(sources, policy_tok=load_tokenizer(policy_path))  # scores the sampled tokens
     current, history, start = policy_path, [], time.time()
     work = out.with_name(f".{out.name}.rounds")
     for r in range(1, cfg.rounds + 1):
         prompts = random.Random(f"{cfg.seed}-{r}").sample(pool, min(cfg.n_prompts, len(pool)))
+        # 1. each data-parallel rank samples and scores its block of the prompts; every answer has its own
+        # seeded stream, so the answers do not depend on the number of ranks
         model, tok = load_policy(current, trainable=False)  # sampling only: the checkpoint's dtype
-        ro = generate(model, tok, prompts, n=cfg.k, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                      seed=cfg.seed + r, show_progress=True)
-        scores = reward.score([p for p in prompts for _ in range(cfg.k)], ro.texts, ro.ended,
-                              list(zip(ro.prompt_ids, ro.response_ids, strict=True)))[0].tolist()
-        best = [(p, t, s) for p, t, s in select_best(prompts, ro.texts, scores, cfg.k) if t.strip()]
+        lo, hi = distributed.shard_bounds(len(prompts))
+        seeds = [hash((cfg.seed, r, g)) % 2**62 for g in range(lo * cfg.k, hi * cfg.k)]
+        ro = generate(model, tok, prompts[lo:hi], n=cfg.k, temperature=cfg.temperature,
+                      max_new_tokens=cfg.max_new_tokens, row_seeds=seeds, show_progress=True)
+        mine = reward.score([p for p in prompts[lo:hi] for _ in range(cfg.k)], ro.texts, ro.ended,
+                            list(zip(ro.prompt_ids, ro.response_ids, strict=True)))[0].tolist()
+        texts = [t for part in distributed.gather_objects(ro.texts) for t in part]
+        scores = [x for part in distributed.gather_objects(mine) for x in part]
+        # 2. keep the best answer to each prompt, 3. fine-tune on those (all ranks, data parallel)
+        best = [(p, t, s) for p, t, s in select_best(prompts, texts, scores, cfg.k) if t.strip()]
         demos_path = work / f"best-r{r}.jsonl"
-        write_jsonl(demos_path, [Demonstration(p, t) for p, t, _ in best])
+        if distributed.is_main():
+            write_jsonl(demos_path, [Demonstration(p, t) for p, t, _ in best])
+        distributed.barrier()
         round_out = work / f"policy-r{r}"
         m = sft(cfg.sft, current, demos_path, round_out, log_dir, force=force)
         history.append({"round": r, "mean_score_all": sum(scores) / len(scores),
                         "mean_score_best": sum(s for *_, s in best) / max(len(best), 1), **m})
         current = str(round_out)
     metrics = {**history[-1], "rounds": cfg.rounds, "seconds": time.time() - start}
-    model, tok = load_policy(current, trainable=False)  # re-saved as is, in its own dtype
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        write_manifest(tmp, stage="bon", fingerprint=fp, config=cfg, seed=cfg.seed, metrics=metrics,
-                       history=history, inputs={k: str(v) for k, v in inputs.items()})
+    if distributed.is_main():
+        model, tok = load_policy(current, trainable=False)  # re-saved as is, in its own dtype
+        with atomic_dir(out) as tmp:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            write_manifest(tmp, stage="bon", fingerprint=fp, config=cfg, seed=cfg.seed, metrics=metrics,
+                           history=history, inputs={k: str(v) for k, v in inputs.items()})
+    distributed.barrier()
     return metrics

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import torch
 
+from tiller import distributed
 from tiller.config import ConfigError, field
 from tiller.data import read_records
 from tiller.losses import (
@@ -36,7 +37,6 @@ from tiller.losses import (
     kl_to_go,
     masked_lm_loss,
     masked_mean,
-    masked_whiten,
     ppo_policy_loss,
     ppo_value_loss,
     rloo_advantages,
@@ -52,6 +52,7 @@ from tiller.rl import (
     old_logprobs,
     policy_forward,
     value_forward,
+    whiten_across_ranks,
 )
 from tiller.rollout import generate
 from tiller.runs import atomic_dir, done_metrics, fingerprint, write_manifest
@@ -196,25 +197,43 @@ def shaped_scores(cfg: PPOConfig, scores: torch.Tensor, ended: torch.Tensor, sco
 
 
 def advantages_and_returns(cfg: PPOConfig, scores: torch.Tensor, old_lp: torch.Tensor, ref_lp: torch.Tensor,
-                           values: torch.Tensor, mask: torch.Tensor, beta: float,
-                           baseline: MovingBaseline) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(advantages, returns, per-token KL), each (N, R).
+                           values: torch.Tensor, mask: torch.Tensor, beta: float, baseline: MovingBaseline,
+                           rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(advantages, returns, per-token KL), each (n, R) for this process's ``rows`` of the rollout.
 
+    ``scores`` (N,) are the whole rollout's, on every data-parallel rank: baselines, RLOO/GRPO groups and
+    sequence whitening see all answers; the per-token tensors (n, R) are this rank's rows only, and token
+    whitening takes its statistics over all ranks (:func:`tiller.rl.whiten_across_ranks`).
     ppo: per-token rewards ``-beta * KL`` plus the score on the last token, then GAE against the values.
     Critic-free: the answer's advantage from its score (:func:`sequence_advantages`) minus ``beta`` times the
     KL still to come from each token, the same KL-penalised return as ppo's rewards with gamma 1."""
     if cfg.algo == "ppo":
-        rewards, kl = kl_penalized_rewards(scores, old_lp, ref_lp, mask, beta)
+        rewards, kl = kl_penalized_rewards(scores[rows], old_lp, ref_lp, mask, beta)
         advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
     else:
         kl = (old_lp - ref_lp) * mask
         seq = sequence_advantages(cfg.algo, scores, cfg.group_size, baseline)
         if cfg.whitening() == "sequence":
             seq = (seq - seq.mean()) / (seq.std() + 1e-8)
-        advantages, returns = seq[:, None] * mask - beta * kl_to_go(kl, mask), torch.zeros_like(mask)
+        advantages, returns = seq[rows, None] * mask - beta * kl_to_go(kl, mask), torch.zeros_like(mask)
     if cfg.whitening() == "token":
-        advantages = masked_whiten(advantages, mask)
+        advantages = whiten_across_ranks(advantages, mask)
     return advantages, returns, kl
+
+
+def check_world(cfg: PPOConfig, world: int) -> None:
+    """The batch sizes must split evenly over ``world`` data-parallel ranks: every rank then runs the same
+    number of forwards and backwards (DDP's collectives pair them up) and holds whole RLOO/GRPO groups."""
+    if world == 1:
+        return
+    if cfg.rollout_batch % world:
+        raise ConfigError(f"rollout_batch {cfg.rollout_batch} must be a multiple of the {world} processes")
+    if cfg.minibatch_size % (world * cfg.grad_accum):
+        raise ConfigError(f"minibatch_size {cfg.minibatch_size} must be a multiple of processes x grad_accum "
+                          f"= {world * cfg.grad_accum}")
+    if cfg.ptx_coef and cfg.ptx_batch_size % (world * cfg.grad_accum):
+        raise ConfigError(f"ptx_batch_size {cfg.ptx_batch_size} must be a multiple of processes x grad_accum "
+                          f"= {world * cfg.grad_accum}")
 
 
 def ptx_batch(blocks: torch.Tensor, cfg: PPOConfig, it: int, step: int) -> torch.Tensor:
@@ -292,6 +311,7 @@ def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Pat
             raise ConfigError("ptx_coef > 0 needs a pretraining corpus (--ptx-corpus)")
         blocks = pack(read_corpus(ptx_corpus), tok, cfg.ptx_block)
     acc = make_accelerator()
+    check_world(cfg, distributed.world_size())
     opt = make_optimizer(m.policy, cfg.lr, betas=(0.9, 0.999))
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef))
@@ -365,30 +385,57 @@ def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Pat
         result.update({"time/total": time.time() - start, **{f"time/{k_}_total": v for k_, v in totals.items()},
                        "episodes": cfg.iterations * n_seq})
     tracker.close()
-    with atomic_dir(out) as tmp:
-        final.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        if value_model is not None:
-            acc.unwrap_model(value_model).save_pretrained(tmp / "value")
-        (tmp / "curve.json").write_text(json.dumps(curve, indent=2))
-        (tmp / ANSWERS_FILE).write_text("".join(json.dumps(a) + "\n" for a in answers))
-        write_manifest(tmp, stage=f"ppo-{cfg.algo}", fingerprint=fp, config=cfg, seed=cfg.seed, metrics=result,
-                       inputs={k_: str(v) for k_, v in inputs.items()})
-    ckpt.clear()
+    if distributed.is_main():
+        with atomic_dir(out) as tmp:
+            final.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            if value_model is not None:
+                acc.unwrap_model(value_model).save_pretrained(tmp / "value")
+            (tmp / "curve.json").write_text(json.dumps(curve, indent=2))
+            (tmp / ANSWERS_FILE).write_text("".join(json.dumps(a) + "\n" for a in answers))
+            write_manifest(tmp, stage=f"ppo-{cfg.algo}", fingerprint=fp, config=cfg, seed=cfg.seed, metrics=result,
+                           inputs={k_: str(v) for k_, v in inputs.items()})
+    ckpt.clear()  # every rank: it waits for the main process to have written
     return result
+
+
+def answer_seeds(seed: Any, first: int, count: int) -> list[int]:
+    """One sampling seed per answer (``tiller.rollout.row_generators``) from its index in the whole batch, so
+    an answer is the same whichever data-parallel rank samples it. ``seed`` is any tuple of ints."""
+    return [hash((*seed, g)) % 2**62 for g in range(first, first + count)]  # ints hash alike in every process
+
+
+def sample_share(cfg: PPOConfig, policy, tok, prompts: list[Any], n: int, seed: tuple[int, ...], batch_size: int):
+    """This rank's block of ``prompts``, the index of its first prompt, and its ``n`` answers to each.
+
+    The loop sampler gives each answer its own seeded stream (:func:`answer_seeds`); Hugging Face generate
+    has one stream, seeded per rank."""
+    lo, hi = distributed.shard_bounds(len(prompts))
+    seeds = None
+    if cfg.sampler == "loop":
+        seeds = answer_seeds(seed, lo * n, (hi - lo) * n)
+    else:
+        torch.manual_seed(hash((*seed, distributed.rank())) % 2**62)
+    ro = generate(policy, tok, prompts[lo:hi], n=n, batch_size=batch_size, row_seeds=seeds, **sampling(cfg))
+    return prompts[lo:hi], lo, ro
 
 
 def evaluation_point(policy, ref, tok, reward: CompositeReward, eval_set: list[Any], cfg: PPOConfig,
                      it: int) -> tuple[dict[str, float], dict[str, Any]]:
     """The reward and KL of the policy's answers to the held-out prompts (a point of the RM/KL curve), and
-    the answers themselves (``{"iteration", "prompts", "answers"}``) for an outside judge."""
-    torch.manual_seed(cfg.seed + 7)
-    ro = generate(policy, tok, eval_set, batch_size=cfg.rollout_batch, **sampling(cfg))
-    b = build_sequences(ro.prompt_ids, ro.response_ids, tok.pad_token_id).to(next(policy.parameters()).device)
-    lp, rlp, _ = score_tokens(policy, ref, None, b, cfg.temperature, ro.logprobs)
-    total, _ = reward.score(eval_set, ro.texts, ro.ended, list(zip(ro.prompt_ids, ro.response_ids, strict=True)))
-    point = {"iteration": it, "kl": float(((lp - rlp) * b.mask).sum(1).mean()), "rm_score": float(total.mean())}
-    return point, {"iteration": it, "prompts": list(eval_set), "answers": ro.texts}
+    the answers themselves (``{"iteration", "prompts", "answers"}``) for an outside judge. Each
+    data-parallel rank answers its block of the prompts; every rank returns the whole point."""
+    mine, _, ro = sample_share(cfg, policy, tok, eval_set, 1, (cfg.seed, 7), cfg.rollout_batch)
+    sums = torch.zeros(2, dtype=torch.float64)  # summed KL, summed score
+    if ro.texts:
+        b = build_sequences(ro.prompt_ids, ro.response_ids, tok.pad_token_id).to(next(policy.parameters()).device)
+        lp, rlp, _ = score_tokens(policy, ref, None, b, cfg.temperature, ro.logprobs)
+        total, _ = reward.score(mine, ro.texts, ro.ended,
+                                list(zip(ro.prompt_ids, ro.response_ids, strict=True)))
+        sums = torch.tensor([float(((lp - rlp) * b.mask).sum()), float(total.sum())], dtype=torch.float64)
+    kl, score = (distributed.all_sum(sums) / len(eval_set)).tolist()
+    answers = [t for part in distributed.gather_objects(ro.texts) for t in part]
+    return {"iteration": it, "kl": kl, "rm_score": score}, {"iteration": it, "prompts": list(eval_set), "answers": answers}
 
 
 @dataclass
@@ -405,17 +452,21 @@ class Experience:
 def collect(cfg: PPOConfig, acc, policy, ref, value_model, tok, reward: CompositeReward, prompts: list[Any], it: int,
             beta: float, score_stats: RunningMoments, baseline: MovingBaseline) -> tuple[Experience, dict[str, float]]:
     """Sample a rollout batch, score exactly the sampled tokens, and compute advantages; returns the
-    experience and this step's metrics (score, KL, lengths, times)."""
+    experience and this step's metrics (score, KL, lengths, times). Under data parallelism each rank
+    samples and scores its block of the batch; the scores are gathered so that every statistic that mixes
+    answers (baselines, groups, whitening, running moments, the KL controller's input) is the whole batch's."""
     t0 = time.time()
     k, n_seq = cfg.group_size, cfg.rollout_batch * cfg.group_size
     batch_prompts = random.Random(f"{cfg.seed}-{it}").choices(prompts, k=cfg.rollout_batch)  # same on resume
-    torch.manual_seed(cfg.seed * 100_003 + it)
-    ro = generate(acc.unwrap_model(policy), tok, batch_prompts, n=k, batch_size=n_seq, **sampling(cfg))
+    # 1. rollout: this rank's prompts, k answers each (a group never straddles two ranks)
+    mine, lo, ro = sample_share(cfg, acc.unwrap_model(policy), tok, batch_prompts, k, (cfg.seed, it), n_seq)
+    rows = slice(lo * k, lo * k + len(ro.texts))
     t1 = time.time()
-    flat_prompts = [p for p in batch_prompts for _ in range(k)]
-    ended = torch.tensor(ro.ended)
-    raw_scores, parts = reward.score(flat_prompts, ro.texts, ro.ended,
-                                     list(zip(ro.prompt_ids, ro.response_ids, strict=True)))
+    # 2. score the sampled tokens, then gather every rank's scores
+    raw_mine, parts = reward.score([p for p in mine for _ in range(k)], ro.texts, ro.ended,
+                                   list(zip(ro.prompt_ids, ro.response_ids, strict=True)))
+    raw_scores = distributed.gather_cat(raw_mine)
+    ended = distributed.gather_cat(torch.tensor(ro.ended))
     scores = shaped_scores(cfg, raw_scores, ended, score_stats)
     b = build_sequences(ro.prompt_ids, ro.response_ids, tok.pad_token_id).to(acc.device)
     # under mixed precision the old logprobs come from a forward in the training precision, not from the
@@ -423,16 +474,19 @@ def collect(cfg: PPOConfig, acc, policy, ref, value_model, tok, reward: Composit
     sampled = ro.logprobs if cfg.mixed_precision == "no" else None
     with autocast(cfg.mixed_precision, acc.device):
         old_lp, ref_lp, old_values = score_tokens(policy, ref, value_model, b, cfg.temperature, sampled)
+    # 3-4. KL-penalised rewards and advantages of this rank's rows
     advantages, returns, kl = advantages_and_returns(cfg, scores.to(acc.device), old_lp, ref_lp, old_values, b.mask,
-                                                     beta, baseline)
-    mean_kl = float(kl.sum(1).mean())
+                                                     beta, baseline, rows)
+    sums = distributed.all_sum(torch.stack([kl.sum(), b.mask.sum(), *(v.sum() for v in parts.values())]).double())
+    mean_kl, length = float(sums[0]) / n_seq, float(sums[1]) / n_seq
     info = {"objective/kl": mean_kl, "objective/score": float(raw_scores.mean()),
             "objective/score_std": float(raw_scores.std()) if len(raw_scores) > 1 else 0.0,
             "objective/non_score_reward": -beta * mean_kl,
             "policy/ended_fraction": float(ended.float().mean()),
-            "policy/response_length": float(b.mask.sum(1).mean()),
+            "policy/response_length": length,
             "time/generation": t1 - t0, "time/scoring": time.time() - t1,
-            **{f"objective/score_{n}": float(v.mean()) for n, v in parts.items() if len(parts) > 1}}
+            **({f"objective/score_{n}": float(v) / n_seq for n, v in zip(parts, sums[2:], strict=True)}
+               if len(parts) > 1 else {})}
     return Experience(b, old_lp, old_values, advantages, returns), info
 
 
@@ -443,24 +497,31 @@ def train_epochs(cfg: PPOConfig, acc, policy, opt, value_model, v_opt, exp: Expe
     A minibatch's losses are token means over the whole minibatch whatever ``grad_accum``: each
     micro-batch's token mean is weighed by its share of the minibatch's tokens, and the minibatch's ptx
     batch is drawn once and split, so ``grad_accum`` changes memory, not the update. The EMA, if any, is
-    updated after every optimiser step."""
+    updated after every optimiser step. Under data parallelism each rank takes its block of every minibatch
+    and of every ptx batch, and weighs its tokens by their share of the whole minibatch's (all ranks'),
+    so DDP's average of the ranks' gradients is the one-process gradient."""
     b = exp.batch
-    n = len(b.input_ids)
-    micro = cfg.minibatch_size // cfg.grad_accum
+    n = len(b.input_ids)  # this rank's sequences
+    world = distributed.world_size()
+    per_rank = cfg.minibatch_size // world
+    micro = per_rank // cfg.grad_accum
     g = torch.Generator().manual_seed(cfg.seed * 7919 + it)
     sums: dict[str, float] = {}
-    count, step = 0, 0
+    step = 0
     policy.train()
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(n, generator=g)
-        for start in range(0, n, cfg.minibatch_size):
-            chosen = order[start : start + cfg.minibatch_size].to(acc.device)
-            n_tokens = b.mask[chosen].sum().clamp_min(1.0)
-            ptx = ptx_batch(blocks, cfg, it, step).to(acc.device) if blocks is not None else None
+        for start in range(0, n, per_rank):
+            chosen = order[start : start + per_rank].to(acc.device)
+            n_tokens = distributed.all_sum(b.mask[chosen].sum()).clamp_min(1.0)  # the whole minibatch's
+            ptx = None
+            if blocks is not None:
+                lo, hi = distributed.shard_bounds(cfg.ptx_batch_size)
+                ptx = ptx_batch(blocks, cfg, it, step)[lo:hi].to(acc.device)
             for mi in range(cfg.grad_accum):
                 idx = chosen[mi * micro : (mi + 1) * micro]
                 mb = b.select(idx)
-                share = mb.mask.sum() / n_tokens
+                share = distributed.global_share(mb.mask.sum(), n_tokens)
                 with autocast(cfg.mixed_precision, acc.device):  # bf16 forwards; the weights stay fp32
                     lp, logits = policy_forward(policy, mb, cfg.temperature)
                 pg_loss, st = ppo_policy_loss(lp, exp.old_logprobs[idx], exp.advantages[idx], mb.mask, cfg.cliprange)
@@ -485,9 +546,12 @@ def train_epochs(cfg: PPOConfig, acc, policy, opt, value_model, v_opt, exp: Expe
                     acc.backward(vf_loss * share)
                     row.update({"loss/value": vf_loss.item(), "val/clipfrac": float(vst["clipfrac"]),
                                 "val/error": float(vst["error"])})
+                # the step's metrics are its minibatch's token means (ptx: block means), whatever the
+                # split over micro-batches and ranks
+                tokens_w = float(mb.mask.sum() / n_tokens)
                 for key, val in row.items():
-                    sums[key] = sums.get(key, 0.0) + val
-                count += 1
+                    w = 1.0 / (cfg.grad_accum * world) if key == "loss/ptx" else tokens_w
+                    sums[key] = sums.get(key, 0.0) + val * w
             acc.clip_grad_norm_(policy.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -498,4 +562,6 @@ def train_epochs(cfg: PPOConfig, acc, policy, opt, value_model, v_opt, exp: Expe
                 v_opt.step()
                 v_opt.zero_grad(set_to_none=True)
             step += 1
-    return {key: val / max(count, 1) for key, val in sums.items()}
+    keys = sorted(sums)
+    means = distributed.all_sum(torch.tensor([sums[k_] for k_ in keys], dtype=torch.float64)) / max(step, 1)
+    return dict(zip(keys, means.tolist(), strict=True))

@@ -25,6 +25,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from tiller import distributed
 from tiller.chat import SPECIAL_TOKENS
 from tiller.config import ConfigError, field
 from tiller.models import PAD, enable_gradient_checkpointing
@@ -140,15 +141,17 @@ def pack(docs: list[str], tok: PreTrainedTokenizerBase, block_size: int) -> torc
 
 @torch.no_grad()
 def perplexity(model: torch.nn.Module, blocks: torch.Tensor, batch_size: int, max_batches: int) -> float:
+    """exp of the token-mean loss over the first ``batch_size * max_batches`` blocks; ranks split them."""
     model.eval()
-    total, count = 0.0, 0
-    for i in range(0, min(len(blocks), batch_size * max_batches), batch_size):
-        x = blocks[i : i + batch_size].to(next(model.parameters()).device)
+    total = torch.zeros(2, dtype=torch.float64)  # summed loss, tokens
+    lo, hi = distributed.shard_bounds(min(len(blocks), batch_size * max_batches))
+    for i in range(lo, hi, batch_size):
+        x = blocks[i : min(i + batch_size, hi)].to(next(model.parameters()).device)
         loss = model(input_ids=x, labels=x).loss
-        total += loss.item() * x.numel()
-        count += x.numel()
+        total += torch.tensor([loss.item() * x.numel(), x.numel()], dtype=torch.float64)
     model.train()
-    return math.exp(total / max(count, 1))
+    loss_sum, count = distributed.all_sum(total).tolist()
+    return math.exp(loss_sum / max(count, 1))
 
 
 def pretrain(cfg: PretrainConfig, corpus_train: Path, corpus_valid: Path, out: Path, log_dir: Path,
@@ -163,12 +166,12 @@ def pretrain(cfg: PretrainConfig, corpus_train: Path, corpus_valid: Path, out: P
     ckpt_dir = out.with_name(f".{out.name}.ckpt-{fp}")
     clean_other_fingerprints(out, ("ckpt", "tokenizer"), fp)
     tok_dir = out.with_name(f".{out.name}.tokenizer-{fp}")
-    if tok_dir.is_dir() and not force:  # resume: the tokenizer must be the one the checkpoint used
-        tok = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
-    else:
-        tok = train_tokenizer(train_docs, cfg.vocab_size)
+    # resume: the tokenizer must be the one the checkpoint used; one process trains it, every rank loads it
+    if distributed.is_main() and (force or not tok_dir.is_dir()):
         with atomic_dir(tok_dir) as tmp:
-            tok.save_pretrained(tmp)
+            train_tokenizer(train_docs, cfg.vocab_size).save_pretrained(tmp)
+    distributed.barrier()
+    tok = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
     train_blocks, valid_blocks = pack(train_docs, tok, cfg.block_size), pack(valid_docs, tok, cfg.block_size)
     if len(train_blocks) == 0 or len(valid_blocks) == 0:
         raise ConfigError(f"corpus too small for block_size {cfg.block_size}")
@@ -180,6 +183,7 @@ def pretrain(cfg: PretrainConfig, corpus_train: Path, corpus_valid: Path, out: P
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
     start = time.time()
     budget = cfg.max_minutes * 60
+    clock = {"elapsed": 0.0}  # the main process's, so every rank anneals and stops at the same step
 
     def lr_factor(step: int) -> float:
         """Warmup, then cosine over progress = the further of steps done and time used (a slow machine still
@@ -189,7 +193,7 @@ def pretrain(cfg: PretrainConfig, corpus_train: Path, corpus_valid: Path, out: P
             return (step + 1) / warm
         progress = (step - warm) / max(1, steps - warm)
         if budget:
-            progress = max(progress, (time.time() - start) / budget)
+            progress = max(progress, clock["elapsed"] / budget)
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
@@ -212,12 +216,18 @@ def pretrain(cfg: PretrainConfig, corpus_train: Path, corpus_valid: Path, out: P
         idx = order[i : i + cfg.batch_size]
         if len(idx) < cfg.batch_size:  # wrap around: next epoch
             idx = torch.cat([idx, order[: cfg.batch_size - len(idx)]])
-        x = train_blocks[idx].to(acc.device)
+        # this rank's block of the global batch: blocks are all block_size long, so its share of the
+        # global mean is its share of the blocks
+        lo, hi = distributed.shard_bounds(len(idx))
+        x = train_blocks[idx[lo:hi] if hi > lo else idx[:1]].to(acc.device)
         with autocast(cfg.mixed_precision, acc.device):
-            loss = model(input_ids=x, labels=x).loss
-        optimizer_step(acc, model, loss, opt, sched)
+            local = model(input_ids=x, labels=x).loss
+        if budget:
+            clock["elapsed"] = distributed.broadcast(time.time() - start)
+        optimizer_step(acc, model, distributed.global_share(local, len(idx)) * (hi - lo), opt, sched)
+        loss = distributed.all_sum(local.detach() * (hi - lo)) / len(idx)
         step += 1
-        tokens_seen += x.numel()
+        tokens_seen += len(idx) * cfg.block_size
         bar.update(1)
         if step % 10 == 0 or step == steps:
             tps = tokens_seen / (time.time() - start)
@@ -225,7 +235,7 @@ def pretrain(cfg: PretrainConfig, corpus_train: Path, corpus_valid: Path, out: P
             tracker.log({"loss/train": loss.item(), "charts/tokens_per_s": tps, "charts/lr": sched.get_last_lr()[0]}, step)
         if step % cfg.checkpoint_every == 0 and step < steps:
             ckpt.save({"step": step})
-        if budget and (time.time() - start) > budget:
+        if budget and clock["elapsed"] > budget:
             break
     bar.close()
     model = acc.unwrap_model(model)
@@ -234,11 +244,13 @@ def pretrain(cfg: PretrainConfig, corpus_train: Path, corpus_valid: Path, out: P
                "tokens": step * cfg.batch_size * cfg.block_size, "seconds": time.time() - start}
     tracker.log(metrics, step)
     tracker.close()
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        write_manifest(tmp, stage="pretrain", fingerprint=fp, config=cfg, seed=cfg.seed, metrics=metrics,
-                       inputs={"train": str(corpus_train), "valid": str(corpus_valid)})
-    ckpt.clear()
-    shutil.rmtree(tok_dir, ignore_errors=True)
+    if distributed.is_main():
+        with atomic_dir(out) as tmp:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            write_manifest(tmp, stage="pretrain", fingerprint=fp, config=cfg, seed=cfg.seed, metrics=metrics,
+                           inputs={"train": str(corpus_train), "valid": str(corpus_valid)})
+    ckpt.clear()  # every rank: it waits for the others
+    if distributed.is_main():
+        shutil.rmtree(tok_dir, ignore_errors=True)
     return metrics

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from tiller import distributed
 from tiller.batching import encode_prompt, encode_response, join
 from tiller.chat import prompt_key
 from tiller.config import ConfigError, field
@@ -261,16 +262,27 @@ def _train_member(cfg: RMConfig, m: int, model_path: str, tok, items: list[Ranke
         rng.shuffle(order)
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
+            # 1. this rank's block of the global batch; its loss is its part of the global weighted mean
+            mine = distributed.my_share(idx)
+            weight = float(sum(items[j].n_labels for j in idx if len(items[j].responses) >= 2))
+            part = float(sum(items[j].n_labels for j in mine if len(items[j].responses) >= 2))
+            rows = mine or idx[:1]  # a rank short of items joins with weight 0
             with autocast(cfg.mixed_precision, acc.device):
-                scores, prefs, valid_mask = forward_items(model, [seqs[j] for j in idx], [items[j] for j in idx],
+                scores, prefs, valid_mask = forward_items(model, [seqs[j] for j in rows], [items[j] for j in rows],
                                                           tok.pad_token_id, acc.device)
-            n_labels = torch.tensor([items[j].n_labels for j in idx], dtype=torch.float32, device=acc.device)
-            loss, stats = preference_loss(scores, prefs, valid_mask, n_labels)  # each ranking counts once
-            optimizer_step(acc, model, loss, opt, sched)
+            n_labels = torch.tensor([items[j].n_labels for j in rows], dtype=torch.float32, device=acc.device)
+            local, stats = preference_loss(scores, prefs, valid_mask, n_labels)  # each ranking counts once
+            # 2. backward (DDP averages the ranks' gradients), clip, step
+            optimizer_step(acc, model, local * distributed.global_share(part, max(weight, 1e-9)), opt, sched)
+            # the global batch's loss and label-weighted accuracy, for the logs
+            pairs = stats["n_pairs"] * float(bool(mine))
+            loss, correct, n_pairs = distributed.all_sum(torch.stack([local.detach() * part, stats["accuracy"] * pairs,
+                                                                      pairs]).double()).tolist()
+            loss, accuracy = loss / max(weight, 1e-9), correct / max(n_pairs, 1.0)
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{float(stats['accuracy']):.2f}")
-            tracker.log({f"{tag}loss/train": loss.item(), f"{tag}train/accuracy": float(stats["accuracy"]),
+            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.2f}")
+            tracker.log({f"{tag}loss/train": loss, f"{tag}train/accuracy": accuracy,
                          f"{tag}train/margin": float(stats["margin"])}, step)
     return acc.unwrap_model(model)
 
@@ -308,30 +320,34 @@ def train_rm(cfg: RMConfig, model_path: str, rankings: list[Path], demos_path: P
                "seconds": time.time() - start,
                "pairs_per_s": sum(len(r.responses) * (len(r.responses) - 1) / 2 for r in train) * cfg.epochs
                * cfg.ensemble / max(time.time() - start, 1e-9)}
-    if valid:
-        metrics.update(evaluate(members, tok, valid, cfg.max_len))
-    agreement = labeler_agreement(records)
-    if agreement is not None:
-        metrics["data/labeler_agreement"] = agreement
-    demos = read_records(demos_path, "demonstration", allow_empty=cfg.allow_empty) if demos_path else []
-    set_seqs = []  # each answer set once, whatever the labelers: the training items when they are merged
-    if cfg.normalize_std:
-        set_seqs = seqs if cfg.merge_labelers else encode_records(tok, to_items(train, merge=True), cfg.max_len)
-    demo_seqs, answer_seqs = normalisation_seqs(tok, demos, [x for s in set_seqs for x in s], cfg.max_len,
-                                                cfg.norm_samples, cfg.seed)
-    for m, member in enumerate(members):
-        norm = set_normalisation(member, tok.pad_token_id, demo_seqs, answer_seqs)
-        metrics.update(norm if m == 0 else {f"{k}_member{m}": v for k, v in norm.items()})
-    tracker.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, steps)
-    tracker.close()
-    with atomic_dir(out) as tmp:
-        # member 0 is the folder itself, so a single-RM reader (TRL, the value model's init) still loads it
-        extra = [f"{MEMBERS_DIR}/{m}" for m in range(1, len(members))]
-        members[0].save_pretrained(tmp, extra={"max_len": cfg.max_len, **({"members": extra} if extra else {})})
-        for sub, member in zip(extra, members[1:], strict=True):
-            member.save_pretrained(tmp / sub, extra={"max_len": cfg.max_len})
-            tok.save_pretrained(tmp / sub)  # each member is a reward model of its own
-        tok.save_pretrained(tmp)
-        write_manifest(tmp, stage="rm", fingerprint=fp, config=cfg, seed=cfg.seed, metrics=metrics,
-                       inputs={k: str(v) for k, v in inputs.items()})
+    # evaluation, normalisation and the folder: forwards only, done by the main process while the others wait
+    if distributed.is_main():
+        if valid:
+            metrics.update(evaluate(members, tok, valid, cfg.max_len))
+        agreement = labeler_agreement(records)
+        if agreement is not None:
+            metrics["data/labeler_agreement"] = agreement
+        demos = read_records(demos_path, "demonstration", allow_empty=cfg.allow_empty) if demos_path else []
+        set_seqs = []  # each answer set once, whatever the labelers: the training items when they are merged
+        if cfg.normalize_std:
+            set_seqs = seqs if cfg.merge_labelers else encode_records(tok, to_items(train, merge=True), cfg.max_len)
+        demo_seqs, answer_seqs = normalisation_seqs(tok, demos, [x for s in set_seqs for x in s], cfg.max_len,
+                                                    cfg.norm_samples, cfg.seed)
+        for m, member in enumerate(members):
+            norm = set_normalisation(member, tok.pad_token_id, demo_seqs, answer_seqs)
+            metrics.update(norm if m == 0 else {f"{k}_member{m}": v for k, v in norm.items()})
+        tracker.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, steps)
+        tracker.close()
+        with atomic_dir(out) as tmp:
+            # member 0 is the folder itself, so a single-RM reader (TRL, the value model's init) still loads it
+            extra = [f"{MEMBERS_DIR}/{m}" for m in range(1, len(members))]
+            members[0].save_pretrained(tmp, extra={"max_len": cfg.max_len, **({"members": extra} if extra else {})})
+            for sub, member in zip(extra, members[1:], strict=True):
+                member.save_pretrained(tmp / sub, extra={"max_len": cfg.max_len})
+                tok.save_pretrained(tmp / sub)  # each member is a reward model of its own
+            tok.save_pretrained(tmp)
+            write_manifest(tmp, stage="rm", fingerprint=fp, config=cfg, seed=cfg.seed, metrics=metrics,
+                           inputs={k: str(v) for k, v in inputs.items()})
+    distributed.barrier()
+    metrics = distributed.broadcast(metrics)
     return metrics

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from tiller import distributed
 from tiller.batching import IGNORE, encode_prompt, encode_response, pack_examples, pad, sft_example
 from tiller.config import ConfigError, field
 from tiller.data import Demonstration, read_records
@@ -71,27 +72,37 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, t
             "attention_mask": pad([[1] * len(r[0]) for r in rows], 0)}
 
 
+def target_tokens(row: tuple[list[int], list[int]]) -> int:
+    """The tokens a row's loss falls on (what :func:`masked_lm_loss` averages over)."""
+    return sum(1 for t in row[1][1:] if t != IGNORE)
+
+
 @torch.no_grad()
 def eval_loss(model, rows, pad_id: int, batch_size: int) -> float:
+    """Token-mean loss over ``rows``; each rank evaluates its share and the sums are combined."""
     model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(rows), batch_size):
-        b = {k: v.to(model.device) for k, v in collate(rows[i : i + batch_size], pad_id).items()}
+    total = torch.zeros(2, dtype=torch.float64)  # summed loss, tokens
+    mine = distributed.my_share(rows)
+    for i in range(0, len(mine), batch_size):
+        b = {k: v.to(model.device) for k, v in collate(mine[i : i + batch_size], pad_id).items()}
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        n = int((b["labels"][:, 1:] != IGNORE).sum())
-        total += masked_lm_loss(logits, b["labels"]).item() * n
-        count += n
+        total += torch.tensor([masked_lm_loss(logits, b["labels"], reduction="sum").item(),
+                               float((b["labels"][:, 1:] != IGNORE).sum())], dtype=torch.float64)
     model.train()
-    return total / max(count, 1)
+    loss, count = distributed.all_sum(total).tolist()
+    return loss / max(count, 1)
 
 
 def rm_selection_score(model, tok, rm_path: str, prompts: list) -> float:
-    """Mean RM score of greedy answers to validation prompts (InstructGPT's SFT model selection)."""
+    """Mean RM score of greedy answers to validation prompts (InstructGPT's SFT model selection); each rank
+    answers its share."""
     from tiller.rollout import generate
     from tiller.scoring import RewardScorer
 
-    ro = generate(model, tok, prompts, temperature=0.0)
-    return float(sum(RewardScorer(rm_path).score(prompts, ro.texts, ro.ended)) / max(len(ro.texts), 1))
+    mine = distributed.my_share(prompts)
+    ro = generate(model, tok, mine, temperature=0.0)
+    total = float(sum(RewardScorer(rm_path).score(mine, ro.texts, ro.ended))) if mine else 0.0
+    return float(distributed.all_sum(torch.tensor([total], dtype=torch.float64))) / max(len(prompts), 1)
 
 
 def sft(cfg: SFTConfig, model_path: str, demos_path: Path, out: Path, log_dir: Path, force: bool = False) -> dict:
@@ -131,12 +142,17 @@ def sft(cfg: SFTConfig, model_path: str, demos_path: Path, out: Path, log_dir: P
         order = list(range(len(train_rows)))
         rng.shuffle(order)
         for i in range(0, len(order), cfg.batch_size):
-            b = {k: v.to(acc.device) for k, v in collate([train_rows[j] for j in order[i : i + cfg.batch_size]],
-                                                           tok.pad_token_id).items()}
+            rows = [train_rows[j] for j in order[i : i + cfg.batch_size]]
+            # 1. this rank's block of the global batch; its loss is its part of the global token mean
+            tokens = max(sum(target_tokens(r) for r in rows), 1)
+            mine = distributed.my_share(rows)
+            b = {k: v.to(acc.device) for k, v in collate(mine or rows[:1], tok.pad_token_id).items()}
             with autocast(cfg.mixed_precision, acc.device):
                 logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-            loss = masked_lm_loss(logits, b["labels"])
-            optimizer_step(acc, model, loss, opt, sched)
+            summed = masked_lm_loss(logits, b["labels"], reduction="sum") * float(bool(mine))  # a rank short of rows joins with 0
+            # 2. backward (DDP averages the ranks' gradients), clip, step
+            optimizer_step(acc, model, distributed.global_share(summed, tokens), opt, sched)
+            loss = distributed.all_sum(summed.detach()) / tokens
             step += 1
             bar.update(1)
             if step % 10 == 0:
@@ -160,10 +176,12 @@ def sft(cfg: SFTConfig, model_path: str, demos_path: Path, out: Path, log_dir: P
     if best is not None:  # InstructGPT: the epoch whose answers the RM scores best
         unwrapped.load_state_dict(best[1])
     result = {**(best[2] if best is not None else history[-1]), "seconds": time.time() - start, "n_train": len(train), "n_valid": len(valid)}
-    with atomic_dir(out) as tmp:
-        unwrapped.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        write_manifest(tmp, stage="sft", fingerprint=fp, config=cfg, seed=cfg.seed, metrics=result,
-                       history=history, inputs={k: str(v) for k, v in inputs.items()})
-    (log_dir / "sft-history.json").write_text(json.dumps(history, indent=2))
+    if distributed.is_main():
+        with atomic_dir(out) as tmp:
+            unwrapped.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            write_manifest(tmp, stage="sft", fingerprint=fp, config=cfg, seed=cfg.seed, metrics=result,
+                           history=history, inputs={k: str(v) for k, v in inputs.items()})
+        (log_dir / "sft-history.json").write_text(json.dumps(history, indent=2))
+    distributed.barrier()
     return result
