@@ -130,6 +130,15 @@ def my_share(items: Sequence[T]) -> list[T]:
     return list(items[lo:hi])
 
 
+def padded_share(items: Sequence[T]) -> tuple[list[T], int]:
+    """This rank's block of ``items`` padded (with copies of ``items[0]``) to the largest block's length, and
+    how many of them are real. When parameters are sharded (FSDP2, ZeRO-3) every forward is a collective,
+    so all ranks must run the same number of them; the caller gives the padding weight 0."""
+    mine = my_share(items)
+    longest = -(-len(items) // world_size())
+    return mine + [items[0]] * (longest - len(mine)) if items else mine, len(mine)
+
+
 def global_share(local: N, total: float | torch.Tensor) -> N:
     """The weight of this rank's part of a global mean under DDP: ``local / total * world_size``.
 
