@@ -71,3 +71,20 @@ def test_the_file_is_for_the_command_that_takes_its_class(name):
     usage = [line for line in (CONFIGS / name).read_text().splitlines()
              if line.startswith("#") and f"configs/{name}" in line and "tiller " in line]
     assert all(f"tiller {cmd} " in line for line in usage), usage
+
+
+@pytest.mark.parametrize("name,zero", [("ddp.yaml", 0), ("deepspeed-zero2.yaml", 2), ("deepspeed-zero3.yaml", 3)])
+def test_accelerate_configs_load(name, zero):
+    """configs/accelerate/: what ``accelerate launch --config_file`` reads. DeepSpeed must clip at tiller's
+    max_grad_norm, keep fp32 (bf16 is tiller's autocast), and under ZeRO-3 gather the weights to save them."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(CONFIGS / "accelerate" / name))
+    assert cfg.mixed_precision == "no" and not cfg.use_cpu
+    if not zero:
+        assert cfg.distributed_type == "MULTI_GPU"
+        return
+    ds = cfg.deepspeed_config
+    assert cfg.distributed_type == "DEEPSPEED" and ds["zero_stage"] == zero
+    assert ds["gradient_clipping"] == 1.0 and ds["gradient_accumulation_steps"] == 1
+    assert ds.get("zero3_save_16bit_model", False) == (zero == 3)

@@ -24,6 +24,8 @@ from tiller.data.formats import DataError
 from tiller.distributed import launched_processes, rank
 from tiller.runs import run_dir
 
+if not __import__("torch").cuda.is_available():  # DeepSpeed, when installed, would print a warning on stdout
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # in every process that asks it which device it is on
 transformers_logging = __import__("transformers").utils.logging
 transformers_logging.set_verbosity_error()  # load reports and shard progress are noise at this scale
 transformers_logging.disable_progress_bar()
@@ -38,7 +40,8 @@ app.add_typer(data_app)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-Run = Annotated[str, typer.Option("--run", "-r", help="run name (folder under runs/) or path")]
+# --run-name: under torchrun, whose own parser takes `--run` for an abbreviation of its `--run-path`
+Run = Annotated[str, typer.Option("--run", "-r", "--run-name", help="run name (folder under runs/) or path")]
 Config = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")]
 Force = Annotated[bool, typer.Option("--force", help="redo the stage even if its outputs are up to date")]
 Overrides = Annotated[list[str] | None, typer.Argument(help="config overrides, key=value (dotted for nesting)")]
@@ -335,6 +338,41 @@ def eval_cmd(policy: Annotated[str, typer.Option(help="policy folder")],
     result = evaluate_policy(policy, world or run_dir(run) / "world", baseline=baseline,
                              n_per_family=n_per_family, seed=seed, headroom_rm=headroom_rm, headroom_n=headroom_n)
     print_eval(result)
+
+
+@app.command("plan")
+@user_errors
+def plan_cmd(model: Annotated[str, typer.Option(help="config.json, model folder, or a name in configs/models/")],
+             stage: Annotated[str, typer.Option(help="sft | rm | ppo")] = "sft",
+             devices: Annotated[int, typer.Option(help="data-parallel devices")] = 1,
+             sharding: Annotated[str, typer.Option(help="none (DDP) | zero2 | zero3 (FSDP full shard)")] = "none",
+             lora_r: Annotated[int, typer.Option(help="LoRA rank on the blocks' linear layers (0: full fine-tune)")] = 0,
+             batch: Annotated[int, typer.Option(help="sequences per device per forward")] = 8,
+             seq_len: Annotated[int, typer.Option(help="tokens per sequence (prompt + response)")] = 512,
+             response_len: Annotated[int, typer.Option(help="ppo: response tokens (0: seq-len / 2)")] = 0,
+             rollout_batch: Annotated[int, typer.Option(help="ppo: sequences sampled at once (0: batch)")] = 0,
+             grad_accum: Annotated[int, typer.Option(help="micro-batches per optimiser step")] = 1,
+             dtype: Annotated[str, typer.Option(help="ppo: the frozen reward model's weights, fp32 | bf16")] = "bf16",
+             value_backbone: Annotated[str, typer.Option(help="ppo with LoRA: own | shared (the policy's)")] = "own",
+             reward_models: Annotated[int, typer.Option(help="ppo: reward models held (an ensemble's members)")] = 1,
+             mixed_precision: Annotated[str, typer.Option(help="no | bf16 (autocast; weights stay fp32)")] = "no",
+             gradient_checkpointing: Annotated[bool, typer.Option(help="recompute activations in the backward")] = False,
+             accelerator: Annotated[str, typer.Option(help="gpu | cpu")] = "gpu",
+             device_memory: Annotated[float, typer.Option(help="GiB per device")] = 80.0,
+             overhead: Annotated[float | None, typer.Option(help="runtime GiB (default 1 on gpu, 0 on cpu)")] = None,
+             as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False) -> None:
+    """Memory per device of a stage (weights, gradients, AdamW, activations, logits, KV cache), from the
+    model's shapes alone (no weights loaded), and whether it fits."""
+    from tiller.config import from_dict
+    from tiller.plan import PlanConfig, plan
+
+    settings = dict(model=model, stage=stage, devices=devices, sharding=sharding, lora_r=lora_r, batch=batch,
+                    seq_len=seq_len, response_len=response_len, rollout_batch=rollout_batch, grad_accum=grad_accum,
+                    dtype=dtype, value_backbone=value_backbone, reward_models=reward_models,
+                    mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
+                    accelerator=accelerator, device_memory=device_memory, overhead=overhead)
+    result = plan(from_dict(PlanConfig, settings, "tiller plan"))
+    typer.echo(result.to_json() if as_json else result.table())
 
 
 def _mount_optional() -> None:

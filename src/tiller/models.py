@@ -284,13 +284,17 @@ class ScalarModel(nn.Module):
         return model
 
     def save_pretrained(self, path: str | Path, extra: dict | None = None, *, merge: bool = False,
-                        base: str | Path | None = None) -> None:
+                        base: str | Path | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """An RM folder with ``tiller-reward.json``, or for a value model one with ``tiller-value.json``
         whose head bias is in the marker (it is not in the architecture's head, so the weights file
         holds only what a plain ``from_pretrained`` expects). Under LoRA the folder holds the adapter and
-        the head (``adapters.save_model``; ``base`` as there), or with ``merge`` the merged weights."""
+        the head (``adapters.save_model``; ``base`` as there), or with ``merge`` the merged weights.
+        ``state_dict``: the ``.hf`` model's whole weights when they are not on this process (an FSDP-sharded
+        model's, gathered with ``sharding.full_state_dict``); not with LoRA."""
         path = Path(path)
         if isinstance(self.hf, PeftModel):
+            if state_dict is not None:
+                raise ValueError("ScalarModel.save_pretrained: state_dict is not supported for a LoRA model")
             if merge:
                 ScalarModel(merged_copy(self.hf), self.bias, self.gain, self.kind).save_pretrained(path, extra)
                 return
@@ -303,12 +307,13 @@ class ScalarModel(nn.Module):
                 (path / REWARD_FILE).write_text(json.dumps(meta, indent=2))
             return
         if self.kind == "value":
-            weights = {k: v for k, v in self.hf.state_dict().items() if k != "score.bias"}
-            self.hf.save_pretrained(path, state_dict=weights)
-            meta = {"kind": "value", "head_bias": _head_bias(self.hf), **(extra or {})}
+            weights = state_dict if state_dict is not None else self.hf.state_dict()
+            head_bias = float(weights["score.bias"]) if "score.bias" in weights else 0.0
+            self.hf.save_pretrained(path, state_dict={k: v for k, v in weights.items() if k != "score.bias"})
+            meta = {"kind": "value", "head_bias": head_bias, **(extra or {})}
             (path / VALUE_FILE).write_text(json.dumps(meta, indent=2))
             return
-        self.hf.save_pretrained(path)
+        self.hf.save_pretrained(path, state_dict=state_dict)
         meta = {"bias": self.bias, "gain": self.gain, **(extra or {})}
         (path / REWARD_FILE).write_text(json.dumps(meta, indent=2))
 

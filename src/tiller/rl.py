@@ -17,6 +17,7 @@ from torch.nn.modules.dropout import _DropoutNd
 from transformers import PretrainedConfig
 
 from tiller import distributed
+from tiller.adapters import unwrap
 from tiller.batching import pad
 from tiller.losses import logprobs_from_logits, masked_whiten
 from tiller.models import ScalarModel, position_ids_from_mask
@@ -55,6 +56,13 @@ def accepts(model_class: type[nn.Module], argument: str) -> bool:
     return argument in inspect.signature(model_class.forward).parameters
 
 
+def model_class(model: nn.Module) -> type[nn.Module]:
+    """The class whose forward finally runs: under a DDP wrapper (or the PPO reference's ``module``) and a
+    peft wrapper (which passes keywords through), the Hugging Face model's."""
+    inner = getattr(model, "module", model)
+    return type(unwrap(inner))
+
+
 def without_common_padding(b: SequenceBatch) -> SequenceBatch:
     """``b`` minus the leading columns that are padding in every row (a minibatch's prompts are often all
     shorter than the rollout's longest one): less compute, the same logprobs and values."""
@@ -73,8 +81,7 @@ def policy_forward(model: nn.Module, b: SequenceBatch, temperature: float) -> tu
     b = without_common_padding(b)
     width = b.response_ids.shape[1] + 1  # the last prompt position and the response positions
     # a class is hashable, but mypy checks type[X] against Hashable with the unbound X.__hash__
-    inner = getattr(model, "module", model)  # under DDP the wrapper forwards the keyword to the model
-    keep = {"logits_to_keep": width} if accepts(type(inner), "logits_to_keep") else {}  # type: ignore[arg-type]
+    keep = {"logits_to_keep": width} if accepts(model_class(model), "logits_to_keep") else {}  # type: ignore[arg-type]
     out = model(input_ids=b.input_ids, attention_mask=b.attention_mask,
                 position_ids=position_ids_from_mask(b.attention_mask), **keep)
     logits = out.logits[:, -width:-1].float()

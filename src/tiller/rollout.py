@@ -25,7 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 from tiller.batching import batch, encode_prompt
 from tiller.chat import ROLE_TOKENS, clean_response
 from tiller.models import position_ids_from_mask, stop_token_ids
-from tiller.rl import accepts
+from tiller.rl import accepts, model_class
 from tiller.training import progress
 
 Backend = Literal["hf", "loop"]
@@ -139,8 +139,9 @@ def call_options(model: PreTrainedModel) -> dict[str, Any]:
     ``past_key_values`` to ``cache``) and whether it takes ``logits_to_keep``. Looked up outside the
     compiled step, which should not trace ``inspect``."""
     # a class is hashable, but mypy checks type[X] against Hashable with the unbound X.__hash__
-    return {"cache_key": "cache" if accepts(type(model), "cache") else "past_key_values",  # type: ignore[arg-type]
-            "keep_last": accepts(type(model), "logits_to_keep")}  # type: ignore[arg-type]
+    cls = model_class(model)  # a peft wrapper passes the keywords through to this class
+    return {"cache_key": "cache" if accepts(cls, "cache") else "past_key_values",  # type: ignore[arg-type]
+            "keep_last": accepts(cls, "logits_to_keep")}  # type: ignore[arg-type]
 
 
 def prefill(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,

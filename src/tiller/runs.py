@@ -22,6 +22,7 @@ from tiller import __version__
 from tiller.config import to_dict
 
 MANIFEST = "tiller-manifest.json"
+LOOP_STATE = "loop.json"  # a resumable checkpoint's loop state (step, curve, ...), beside the saved tensors
 
 
 def run_dir(name_or_path: str | Path, root: str | Path = "runs") -> Path:

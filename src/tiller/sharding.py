@@ -41,7 +41,9 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor
 
-LOOP_STATE = "loop.json"
+from tiller import distributed
+from tiller.runs import LOOP_STATE
+
 # methods other than ``forward`` that callers run on a root module (ScalarModel.token_values, rl.py): FSDP2
 # must gather the root's own weights around them as it does around forward
 FORWARD_METHODS = ("token_values",)
@@ -54,15 +56,6 @@ class Stateful(Protocol):
 
 class ShardingError(RuntimeError):
     """Sharding was asked for where it cannot happen: no process group, no transformer blocks."""
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
 
 
 def mesh() -> DeviceMesh:
@@ -164,9 +157,9 @@ def clip_grad_norm_(model: nn.Module, max_norm: float) -> torch.Tensor:
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
     """The whole state dict as CPU tensors on rank 0, None on the others. Every rank must call it."""
     if not is_sharded(model):
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()} if _rank() == 0 else None
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()} if distributed.rank() == 0 else None
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return cast(dict[str, torch.Tensor], sd) if _rank() == 0 else None
+    return cast(dict[str, torch.Tensor], sd) if distributed.rank() == 0 else None
 
 
 def _pretrained(model: nn.Module) -> tuple[Any, str]:
@@ -193,7 +186,7 @@ def save_pretrained(model: nn.Module, path: str | Path, *, exclude: Collection[s
     if sd is not None:
         sd = {k.removeprefix(prefix): v for k, v in sd.items() if k.startswith(prefix)}
         target.save_pretrained(str(path), state_dict={k: v for k, v in sd.items() if k not in exclude}, **kwargs)
-    _barrier()  # nobody reads the folder before it is whole
+    distributed.barrier()  # nobody reads the folder before it is whole
     return sd
 
 
@@ -247,22 +240,22 @@ def save_state(folder: str | Path, models: Mapping[str, nn.Module],
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp-dcp")  # the same name on every rank (runs.clean_stale)
     old = folder.with_name(f".{folder.name}.old-dcp")
-    if _rank() == 0:
+    if distributed.rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    _barrier()
+    distributed.barrier()
     with _one_process_quiet():
         dcp.save(_state(models, optimizers, extra or {}), checkpoint_id=str(tmp))
-    torch.save(_rng_state(), tmp / f"rng-{_rank()}.pt")
-    if _rank() == 0:
+    torch.save(_rng_state(), tmp / f"rng-{distributed.rank()}.pt")
+    if distributed.rank() == 0:
         (tmp / LOOP_STATE).write_text(json.dumps(loop_state or {}))
-    _barrier()  # every rank's part is written
-    if _rank() == 0:
+    distributed.barrier()  # every rank's part is written
+    if distributed.rank() == 0:
         if folder.exists():
             os.replace(folder, old)
         os.replace(tmp, folder)
         shutil.rmtree(old, ignore_errors=True)
-    _barrier()  # nobody looks for the checkpoint before it is in place
+    distributed.barrier()  # nobody looks for the checkpoint before it is in place
 
 
 def load_state(folder: str | Path, models: Mapping[str, nn.Module],
@@ -284,7 +277,36 @@ def load_state(folder: str | Path, models: Mapping[str, nn.Module],
         set_optimizer_state_dict(models[k], o, state["optimizers"][k])
     for k, obj in extra.items():
         obj.load_state_dict(state["extra"][k])
-    rng = folder / f"rng-{_rank()}.pt"
+    rng = folder / f"rng-{distributed.rank()}.pt"
     if rng.is_file():  # absent when resumed on more ranks than saved: those start from their seed
         _set_rng_state(torch.load(rng, weights_only=False))
     return json.loads((folder / LOOP_STATE).read_text())
+
+
+class Checkpoint:
+    """``training.Checkpointer``'s interface (save / peek / load / clear) for sharded models, on
+    :func:`save_state` and :func:`load_state`: accelerate's ``save_state`` knows DDP and DeepSpeed engines,
+    not FSDP2 modules that never went through ``prepare``."""
+
+    def __init__(self, folder: str | Path, models: Mapping[str, nn.Module],
+                 optimizers: Mapping[str, torch.optim.Optimizer], extra: Mapping[str, Stateful] | None = None):
+        self.folder = Path(folder)
+        self.models, self.optimizers, self.extra = models, optimizers, extra or {}
+
+    def save(self, loop_state: dict[str, Any]) -> None:
+        save_state(self.folder, self.models, self.optimizers, extra=self.extra, loop_state=loop_state)
+
+    def peek(self) -> dict[str, Any] | None:
+        f = self.folder / LOOP_STATE
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    def load(self) -> dict[str, Any] | None:
+        state = load_state(self.folder, self.models, self.optimizers, extra=self.extra)
+        distributed.barrier()
+        return state
+
+    def clear(self) -> None:
+        distributed.barrier()
+        if distributed.rank() == 0:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        distributed.barrier()

@@ -21,7 +21,7 @@ from tiller.rollout import generate
 from tiller.runs import atomic_dir, done_metrics, fingerprint, write_manifest
 from tiller.scoring import CompositeReward, RewardSource
 from tiller.stages.sft import SFTConfig, sft
-from tiller.training import start_processes
+from tiller.training import deepspeed_launch, start_processes
 
 
 @dataclass
@@ -68,6 +68,9 @@ def best_of_n(cfg: BoNConfig, policy_path: str, prompts_path: Path, out: Path, l
     pool = [p.prompt for p in read_records(prompts_path, "prompt") if p.split == cfg.prompt_split]
     if not pool:
         raise ConfigError(f"{prompts_path}: no prompts in split {cfg.prompt_split!r}")
+    if deepspeed_launch():
+        raise ConfigError("bon does not run under DeepSpeed (each round samples and then fine-tunes a new "
+                          "model): launch with torchrun or configs/accelerate/ddp.yaml (docs/scaling.md)")
     start_processes()  # sampling is split over the ranks before the first fine-tuning sets up its accelerator
     reward = CompositeReward(sources, policy_tok=load_tokenizer(policy_path))  # scores the sampled tokens
     current, history, start = policy_path, [], time.time()

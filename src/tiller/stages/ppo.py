@@ -19,11 +19,14 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
+from torch import nn
+from transformers import PreTrainedModel
 
 from tiller import distributed
+from tiller.adapters import LORA_HELP, LoraConfig, adapter_disabled, apply_lora, save_model
 from tiller.config import ConfigError, field
 from tiller.data import read_records
 from tiller.losses import (
@@ -41,7 +44,13 @@ from tiller.losses import (
     ppo_value_loss,
     rloo_advantages,
 )
-from tiller.models import ScalarModel, enable_gradient_checkpointing, load_policy
+from tiller.models import (
+    ScalarModel,
+    SharedValueModel,
+    added_token_ids,
+    enable_gradient_checkpointing,
+    load_policy,
+)
 from tiller.rl import (
     EMA,
     RunningMoments,
@@ -57,6 +66,7 @@ from tiller.rl import (
 from tiller.rollout import generate
 from tiller.runs import atomic_dir, done_metrics, fingerprint, write_manifest
 from tiller.scoring import CompositeReward, RewardSource
+from tiller.sharding import Checkpoint, clip_grad_norm_, full_state_dict, gathered, shard
 from tiller.tracking import Tracker
 from tiller.training import (
     CHECKPOINTING_HELP,
@@ -64,10 +74,12 @@ from tiller.training import (
     Checkpointer,
     Precision,
     autocast,
+    deepspeed_launch,
     make_accelerator,
     make_optimizer,
     progress,
     set_seed,
+    start_processes,
 )
 
 ANSWERS_FILE = "curve-answers.jsonl"  # the answers of each evaluation point, for eval/ to judge
@@ -123,10 +135,29 @@ class PPOConfig:
     checkpoint_every: int = field(5, help="iterations between resumable checkpoints")
     mixed_precision: Precision = field("no", help=PRECISION_HELP)
     gradient_checkpointing: bool = field(False, help=CHECKPOINTING_HELP)
+    lora: LoraConfig = field(default_factory=LoraConfig, help=LORA_HELP + "; the reference is then the policy with "
+                             "its adapter disabled (no second copy) and the value model gets an adapter too")
+    value_backbone: Literal["own", "shared"] = field(
+        "own", help="own: the value model is a separate network from the RM; shared (with lora): a second adapter "
+                    "and a head on the policy's backbone, one copy of the weights for policy, reference and value "
+                    "(one process, no gradient checkpointing; the head starts at zero)")
+    sharding: Literal["none", "fsdp"] = field(
+        "none", help="under several processes: none (each holds whole models, DDP) or fsdp (FSDP2: policy, value and "
+                     "reference sharded, each rank holds 1/N of their weights, gradients and optimiser state)")
     seed: int = field(0, help="random seed")
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], help="trackers")
 
     def validate(self) -> None:
+        if self.value_backbone == "shared" and not self.lora.enabled:
+            raise ConfigError("value_backbone=shared needs a LoRA policy (lora.r > 0)")
+        if self.value_backbone == "shared" and self.gradient_checkpointing:
+            raise ConfigError("value_backbone=shared cannot train with gradient_checkpointing: the backward would "
+                              "recompute the value's blocks under the policy's adapter")
+        if self.sharding == "fsdp" and self.lora.enabled:
+            raise ConfigError("sharding=fsdp is for full fine-tuning: a LoRA run keeps its frozen base whole on each "
+                              "process (use sharding=none)")
+        if self.sharding == "fsdp" and self.ema_decay:
+            raise ConfigError("sharding=fsdp with ema_decay is not supported yet")
         if self.algo in ("rloo", "grpo") and self.group_size < 2:
             raise ConfigError(f"algo {self.algo} needs group_size >= 2")
         if self.temperature <= 0:
@@ -226,6 +257,9 @@ def check_world(cfg: PPOConfig, world: int) -> None:
     number of forwards and backwards (DDP's collectives pair them up) and holds whole RLOO/GRPO groups."""
     if world == 1:
         return
+    if cfg.value_backbone == "shared":
+        raise ConfigError("value_backbone=shared runs in one process: under DDP the value adapter inside the policy "
+                          "would not be synced; use value_backbone=own")
     if cfg.rollout_batch % world:
         raise ConfigError(f"rollout_batch {cfg.rollout_batch} must be a multiple of the {world} processes")
     if cfg.minibatch_size % (world * cfg.grad_accum):
@@ -248,7 +282,7 @@ class Models:
     policy: Any
     tok: Any
     ref: Any
-    value: ScalarModel | None
+    value: ScalarModel | SharedValueModel | None
     reward: CompositeReward
 
 
@@ -261,21 +295,58 @@ def load_models(cfg: PPOConfig, policy_path: str, ref_path: str, sources: list[R
     first summed reward model that reads the policy's tokens (InstructGPT section 3.5), with the RM's
     normalisation folded into its head so values start on the scale of the rewards they predict; with no
     such RM (other vocabulary, only rules, functions or URLs) it starts from the policy with a zero head."""
+    policy: Any
     policy, tok = load_policy(policy_path, trainable=True)
-    ref, _ = load_policy(ref_path, dtype=next(policy.parameters()).dtype, trainable=False)
+    new_ids = added_token_ids(policy_path, tok)
+    if cfg.lora.enabled:
+        policy = apply_lora(policy, cfg.lora, new_token_ids=new_ids)
+    if cfg.lora.enabled and str(ref_path) == str(policy_path):
+        ref: Any = AdapterDisabled(policy)  # the base under the adapter is the reference: no second copy
+    else:
+        ref, _ = load_policy(ref_path, dtype=next(policy.parameters()).dtype, trainable=False)
     disable_dropout(policy)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(policy)
     reward = CompositeReward(sources, policy_tok=tok)
-    value = None
-    if cfg.algo == "ppo":
+    value: ScalarModel | SharedValueModel | None = None
+    if cfg.algo == "ppo" and cfg.value_backbone == "shared":
+        value = SharedValueModel(policy, cfg.lora, new_token_ids=new_ids)
+    elif cfg.algo == "ppo":
         init = next((s.path for s, by_ids in zip(sources, reward.by_ids, strict=True)
                      if s.kind == "rm" and s.role == "sum" and by_ids), policy_path)
         value = ScalarModel.value_from(init, tok)
+        if cfg.lora.enabled:
+            value.hf = apply_lora(cast(PreTrainedModel, value.hf), cfg.lora, head="score",
+                                  new_token_ids=added_token_ids(init, tok))
         disable_dropout(value)
         if cfg.gradient_checkpointing:
             enable_gradient_checkpointing(value)
+    if cfg.sharding == "fsdp":  # before the optimisers: fully_shard replaces the parameters
+        for model in (policy, value, ref):
+            if model is not None:
+                shard(model)
     return Models(policy, tok, ref, value, reward)
+
+
+class AdapterDisabled(nn.Module):
+    """The reference policy of a LoRA run: the policy's forward with its adapter off (``torch.equal`` to
+    the base model's), so policy and reference share one copy of the weights. Never trained."""
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self._policy = [policy]  # not a submodule: its parameters are the policy's
+        self.module = policy  # what ``rl.policy_forward`` inspects for ``logits_to_keep``
+
+    def forward(self, **kwargs: Any) -> Any:
+        with torch.no_grad(), adapter_disabled(self._policy[0]):
+            return self._policy[0](**kwargs)
+
+
+def value_optimizer(value: ScalarModel | SharedValueModel, lr: float) -> torch.optim.Optimizer:
+    """AdamW over what the value model trains: a shared-backbone value's adapter lives inside the policy."""
+    if isinstance(value, SharedValueModel):
+        return torch.optim.AdamW(value.trainable_parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    return make_optimizer(value, lr, betas=(0.9, 0.999))
 
 
 def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Path, out: Path, log_dir: Path,
@@ -301,6 +372,14 @@ def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Pat
     eval_set = [p.prompt for p in records if p.split == "valid"][: cfg.eval_prompts]
     if not prompts:
         raise ConfigError(f"{prompts_path}: no prompts in split {cfg.prompt_split!r}")
+    if deepspeed_launch():
+        raise ConfigError("ppo does not run under DeepSpeed (accelerate's DeepSpeed integration takes one trained "
+                          "model, PPO trains a policy and a value model): launch with torchrun or "
+                          "configs/accelerate/ddp.yaml, and sharding=fsdp to shard them (docs/scaling.md)")
+    start_processes()  # FSDP2 shards while loading, before the accelerator exists
+    if cfg.sharding == "fsdp" and distributed.world_size() == 1:
+        raise ConfigError("sharding=fsdp shards over several processes: launch with torchrun --nproc_per_node N "
+                          "or accelerate launch (docs/scaling.md)")
     m = load_models(cfg, policy_path, ref_path, sources)
     tok, ref, value_model, reward = m.tok, m.ref, m.value, m.reward
     blocks = None
@@ -312,21 +391,29 @@ def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Pat
         blocks = pack(read_corpus(ptx_corpus), tok, cfg.ptx_block)
     acc = make_accelerator()
     check_world(cfg, distributed.world_size())
+    sharded = cfg.sharding == "fsdp"
     opt = make_optimizer(m.policy, cfg.lr, betas=(0.9, 0.999))
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef))
     ema = EMA(m.policy, cfg.ema_decay) if cfg.ema_decay else None
     score_stats, baseline = RunningMoments(), MovingBaseline(cfg.baseline_decay)
-    v_opt = None
-    if value_model is not None:
-        v_opt = make_optimizer(value_model, cfg.value_lr, betas=(0.9, 0.999))
-        policy, opt, value_model, v_opt = acc.prepare(m.policy, opt, value_model, v_opt)
+    v_opt = value_optimizer(value_model, cfg.value_lr) if value_model is not None else None
+    stateful = {"kl_ctl": kl_ctl, "score_stats": score_stats, "baseline": baseline, **({"ema": ema} if ema else {})}
+    ckpt: Checkpointer | Checkpoint
+    if sharded:  # FSDP2 models never go through accelerate (it would wrap them in DDP)
+        policy = m.policy
+        ckpt = Checkpoint(out.with_name(f".{out.name}.ckpt"), {"policy": policy, **({"value": value_model} if value_model
+                          else {})}, {"policy": opt, **({"value": v_opt} if v_opt else {})}, stateful)
     else:
-        policy, opt = acc.prepare(m.policy, opt)
-    ref.to(acc.device)
-    for obj in (kl_ctl, score_stats, baseline, *([ema] if ema else [])):
-        acc.register_for_checkpointing(obj)
-    ckpt = Checkpointer(out.with_name(f".{out.name}.ckpt"), acc)
+        if isinstance(value_model, ScalarModel):
+            policy, opt, value_model, v_opt = acc.prepare(m.policy, opt, value_model, v_opt)
+        else:  # none, or one sharing the policy's backbone (one process)
+            policy, opt = acc.prepare(m.policy, opt)
+        if not isinstance(ref, AdapterDisabled):
+            ref.to(acc.device)
+        for obj in stateful.values():
+            acc.register_for_checkpointing(obj)
+        ckpt = Checkpointer(out.with_name(f".{out.name}.ckpt"), acc)
     stale = ckpt.peek()
     if stale is not None and stale.get("fingerprint") != fp and not force:  # another config: no resume point
         print(f"note: {ckpt.folder} was written with another config or inputs; starting over", flush=True)
@@ -385,12 +472,20 @@ def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Pat
         result.update({"time/total": time.time() - start, **{f"time/{k_}_total": v for k_, v in totals.items()},
                        "episodes": cfg.iterations * n_seq})
     tracker.close()
+    value_final = acc.unwrap_model(value_model) if value_model is not None else None
+    # sharded weights are gathered to the main process (every rank takes part); whole ones are saved as they are
+    policy_sd = full_state_dict(final) if sharded else None
+    value_sd = full_state_dict(value_final) if sharded and value_final is not None else None
+    value_sd = {k.removeprefix("hf."): v for k, v in value_sd.items()} if value_sd is not None else None
     if distributed.is_main():
         with atomic_dir(out) as tmp:
-            final.save_pretrained(tmp)
+            if cfg.lora.enabled:  # the adapter alone (naming its base), or merged on request
+                save_model(final, tmp, merge=cfg.lora.merge, base=policy_path)
+            else:
+                final.save_pretrained(tmp, state_dict=policy_sd)
             tok.save_pretrained(tmp)
-            if value_model is not None:
-                acc.unwrap_model(value_model).save_pretrained(tmp / "value")
+            if isinstance(value_final, ScalarModel):  # a shared-backbone value lives in the policy's folder
+                value_final.save_pretrained(tmp / "value", merge=cfg.lora.merge, state_dict=value_sd)
             (tmp / "curve.json").write_text(json.dumps(curve, indent=2))
             (tmp / ANSWERS_FILE).write_text("".join(json.dumps(a) + "\n" for a in answers))
             write_manifest(tmp, stage=f"ppo-{cfg.algo}", fingerprint=fp, config=cfg, seed=cfg.seed, metrics=result,
@@ -425,14 +520,16 @@ def evaluation_point(policy, ref, tok, reward: CompositeReward, eval_set: list[A
     """The reward and KL of the policy's answers to the held-out prompts (a point of the RM/KL curve), and
     the answers themselves (``{"iteration", "prompts", "answers"}``) for an outside judge. Each
     data-parallel rank answers its block of the prompts; every rank returns the whole point."""
-    mine, _, ro = sample_share(cfg, policy, tok, eval_set, 1, (cfg.seed, 7), cfg.rollout_batch)
     sums = torch.zeros(2, dtype=torch.float64)  # summed KL, summed score
-    if ro.texts:
-        b = build_sequences(ro.prompt_ids, ro.response_ids, tok.pad_token_id).to(next(policy.parameters()).device)
-        lp, rlp, _ = score_tokens(policy, ref, None, b, cfg.temperature, ro.logprobs)
-        total, _ = reward.score(mine, ro.texts, ro.ended,
-                                list(zip(ro.prompt_ids, ro.response_ids, strict=True)))
-        sums = torch.tensor([float(((lp - rlp) * b.mask).sum()), float(total.sum())], dtype=torch.float64)
+    # sharded models whole for the point: ranks answer different numbers of prompts, so their forwards must
+    # not be collectives
+    with gathered(policy), gathered(ref):
+        mine, _, ro = sample_share(cfg, policy, tok, eval_set, 1, (cfg.seed, 7), cfg.rollout_batch)
+        if ro.texts:
+            b = build_sequences(ro.prompt_ids, ro.response_ids, tok.pad_token_id).to(next(policy.parameters()).device)
+            lp, rlp, _ = score_tokens(policy, ref, None, b, cfg.temperature, ro.logprobs)
+            total, _ = reward.score(mine, ro.texts, ro.ended, list(zip(ro.prompt_ids, ro.response_ids, strict=True)))
+            sums = torch.tensor([float(((lp - rlp) * b.mask).sum()), float(total.sum())], dtype=torch.float64)
     kl, score = (distributed.all_sum(sums) / len(eval_set)).tolist()
     answers = [t for part in distributed.gather_objects(ro.texts) for t in part]
     return {"iteration": it, "kl": kl, "rm_score": score}, {"iteration": it, "prompts": list(eval_set), "answers": answers}
@@ -459,7 +556,8 @@ def collect(cfg: PPOConfig, acc, policy, ref, value_model, tok, reward: Composit
     k, n_seq = cfg.group_size, cfg.rollout_batch * cfg.group_size
     batch_prompts = random.Random(f"{cfg.seed}-{it}").choices(prompts, k=cfg.rollout_batch)  # same on resume
     # 1. rollout: this rank's prompts, k answers each (a group never straddles two ranks)
-    mine, lo, ro = sample_share(cfg, acc.unwrap_model(policy), tok, batch_prompts, k, (cfg.seed, it), n_seq)
+    with gathered(acc.unwrap_model(policy)) as whole:  # sharded: whole weights once, not an all-gather per token
+        mine, lo, ro = sample_share(cfg, whole, tok, batch_prompts, k, (cfg.seed, it), n_seq)
     rows = slice(lo * k, lo * k + len(ro.texts))
     t1 = time.time()
     # 2. score the sampled tokens, then gather every rank's scores
@@ -490,6 +588,30 @@ def collect(cfg: PPOConfig, acc, policy, ref, value_model, tok, reward: Composit
     return Experience(b, old_lp, old_values, advantages, returns), info
 
 
+def gather_experience(exp: Experience) -> Experience:
+    """Every data-parallel rank's experience, concatenated in rank order (the rollout's own order): prompts
+    left-padded and responses right-padded to the widest rank's, the layout one process builds. Identity
+    in one process."""
+    if not distributed.active():
+        return exp
+    b = exp.batch
+    widths = distributed.gather_objects((b.prompt_width, b.response_ids.shape[1]))
+    p_max, r_max = max(w[0] for w in widths), max(w[1] for w in widths)
+    left, right = p_max - b.prompt_width, r_max - b.response_ids.shape[1]
+
+    def ids(x: torch.Tensor) -> torch.Tensor:  # (n, P+R) -> (n, P_max+R_max); padding is masked out
+        return torch.nn.functional.pad(x, (left, right))
+
+    def tokens(x: torch.Tensor) -> torch.Tensor:  # (n, R) -> (n, R_max)
+        return torch.nn.functional.pad(x, (0, right))
+
+    whole = SequenceBatch(distributed.gather_cat(ids(b.input_ids)), distributed.gather_cat(ids(b.attention_mask)),
+                          distributed.gather_cat(tokens(b.response_ids)), distributed.gather_cat(tokens(b.mask)),
+                          p_max)
+    return Experience(whole, *(distributed.gather_cat(tokens(t)) for t in (
+        exp.old_logprobs, exp.old_values, exp.advantages, exp.returns)))
+
+
 def train_epochs(cfg: PPOConfig, acc, policy, opt, value_model, v_opt, exp: Experience, blocks, it: int,
                  ema: EMA | None = None) -> dict[str, float]:
     """``ppo_epochs`` passes of clipped policy (+ value, + ptx) updates over shuffled minibatches.
@@ -497,27 +619,31 @@ def train_epochs(cfg: PPOConfig, acc, policy, opt, value_model, v_opt, exp: Expe
     A minibatch's losses are token means over the whole minibatch whatever ``grad_accum``: each
     micro-batch's token mean is weighed by its share of the minibatch's tokens, and the minibatch's ptx
     batch is drawn once and split, so ``grad_accum`` changes memory, not the update. The EMA, if any, is
-    updated after every optimiser step. Under data parallelism each rank takes its block of every minibatch
-    and of every ptx batch, and weighs its tokens by their share of the whole minibatch's (all ranks'),
-    so DDP's average of the ranks' gradients is the one-process gradient."""
+    updated after every optimiser step. Under data parallelism the ranks first gather the whole rollout's
+    experience (:func:`gather_experience`: token ids and per-token tensors, small beside the models), so the
+    minibatches are drawn as one process draws them; each rank then runs its block of every minibatch and of
+    every ptx batch, its tokens weighed by their share of the whole minibatch's, so DDP's average of the
+    ranks' gradients is the one-process gradient."""
+    exp = gather_experience(exp)
     b = exp.batch
-    n = len(b.input_ids)  # this rank's sequences
+    n = len(b.input_ids)  # the whole rollout's sequences
     world = distributed.world_size()
-    per_rank = cfg.minibatch_size // world
-    micro = per_rank // cfg.grad_accum
+    lo, hi = distributed.shard_bounds(cfg.minibatch_size)  # this rank's block of each minibatch
+    micro = (hi - lo) // cfg.grad_accum
     g = torch.Generator().manual_seed(cfg.seed * 7919 + it)
     sums: dict[str, float] = {}
     step = 0
     policy.train()
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(n, generator=g)
-        for start in range(0, n, per_rank):
-            chosen = order[start : start + per_rank].to(acc.device)
-            n_tokens = distributed.all_sum(b.mask[chosen].sum()).clamp_min(1.0)  # the whole minibatch's
+        for start in range(0, n, cfg.minibatch_size):
+            minibatch = order[start : start + cfg.minibatch_size].to(acc.device)
+            n_tokens = b.mask[minibatch].sum().clamp_min(1.0)  # the whole minibatch's
+            chosen = minibatch[lo:hi]
             ptx = None
             if blocks is not None:
-                lo, hi = distributed.shard_bounds(cfg.ptx_batch_size)
-                ptx = ptx_batch(blocks, cfg, it, step)[lo:hi].to(acc.device)
+                p_lo, p_hi = distributed.shard_bounds(cfg.ptx_batch_size)
+                ptx = ptx_batch(blocks, cfg, it, step)[p_lo:p_hi].to(acc.device)
             for mi in range(cfg.grad_accum):
                 idx = chosen[mi * micro : (mi + 1) * micro]
                 mb = b.select(idx)
@@ -552,13 +678,13 @@ def train_epochs(cfg: PPOConfig, acc, policy, opt, value_model, v_opt, exp: Expe
                 for key, val in row.items():
                     w = 1.0 / (cfg.grad_accum * world) if key == "loss/ptx" else tokens_w
                     sums[key] = sums.get(key, 0.0) + val * w
-            acc.clip_grad_norm_(policy.parameters(), 1.0)
+            clip_grad_norm_(policy, 1.0)  # DDP: grads already averaged; FSDP2: the norm over all shards
             opt.step()
             opt.zero_grad(set_to_none=True)
             if ema is not None:
                 ema.update(acc.unwrap_model(policy))
             if value_model is not None:
-                acc.clip_grad_norm_(value_model.parameters(), 1.0)
+                clip_grad_norm_(value_model, 1.0)
                 v_opt.step()
                 v_opt.zero_grad(set_to_none=True)
             step += 1

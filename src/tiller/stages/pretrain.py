@@ -37,11 +37,13 @@ from tiller.training import (
     Checkpointer,
     Precision,
     autocast,
+    gather_weights,
     make_accelerator,
     make_optimizer,
     optimizer_step,
     progress,
     set_seed,
+    start_processes,
 )
 
 EOT = "<|endoftext|>"
@@ -141,14 +143,20 @@ def pack(docs: list[str], tok: PreTrainedTokenizerBase, block_size: int) -> torc
 
 @torch.no_grad()
 def perplexity(model: torch.nn.Module, blocks: torch.Tensor, batch_size: int, max_batches: int) -> float:
-    """exp of the token-mean loss over the first ``batch_size * max_batches`` blocks; ranks split them."""
+    """exp of the token-mean loss over the first ``batch_size * max_batches`` blocks; ranks split them, a rank
+    short of blocks running as many forwards as the others on copies without targets (ZeRO-3 gathers in
+    every one)."""
     model.eval()
     total = torch.zeros(2, dtype=torch.float64)  # summed loss, tokens
-    lo, hi = distributed.shard_bounds(min(len(blocks), batch_size * max_batches))
-    for i in range(lo, hi, batch_size):
-        x = blocks[i : min(i + batch_size, hi)].to(next(model.parameters()).device)
-        loss = model(input_ids=x, labels=x).loss
-        total += torch.tensor([loss.item() * x.numel(), x.numel()], dtype=torch.float64)
+    idx, real = distributed.padded_share(range(min(len(blocks), batch_size * max_batches)))
+    for i in range(0, len(idx), batch_size):
+        x = blocks[idx[i : i + batch_size]].to(next(model.parameters()).device)
+        n = min(max(real - i, 0), len(x))  # real blocks in this batch: the first n
+        labels = x.clone()
+        labels[n:] = -100
+        loss = model(input_ids=x, labels=labels).loss  # the mean over the real blocks' tokens
+        if n:
+            total += torch.tensor([loss.item() * x[:n].numel(), x[:n].numel()], dtype=torch.float64)
     model.train()
     loss_sum, count = distributed.all_sum(total).tolist()
     return math.exp(loss_sum / max(count, 1))
@@ -167,6 +175,7 @@ def pretrain(cfg: PretrainConfig, corpus_train: Path, corpus_valid: Path, out: P
     clean_other_fingerprints(out, ("ckpt", "tokenizer"), fp)
     tok_dir = out.with_name(f".{out.name}.tokenizer-{fp}")
     # resume: the tokenizer must be the one the checkpoint used; one process trains it, every rank loads it
+    start_processes()  # so that the barrier below holds the other ranks until it is written
     if distributed.is_main() and (force or not tok_dir.is_dir()):
         with atomic_dir(tok_dir) as tmp:
             train_tokenizer(train_docs, cfg.vocab_size).save_pretrained(tmp)
@@ -197,6 +206,7 @@ def pretrain(cfg: PretrainConfig, corpus_train: Path, corpus_valid: Path, out: P
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    n_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them
     model, opt, sched = acc.prepare(model, opt, sched)
     ckpt = Checkpointer(ckpt_dir, acc)
     if force:
@@ -204,7 +214,6 @@ def pretrain(cfg: PretrainConfig, corpus_train: Path, corpus_valid: Path, out: P
     state = ckpt.load() or {"step": 0}
     gen = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(train_blocks), generator=gen)
-    n_params = sum(p.numel() for p in model.parameters())
     tracker = Tracker(log_dir, "pretrain", cfg.report_to)
     bar = progress(steps, f"pretrain ({n_params / 1e6:.2f}M params)")
     bar.update(state["step"])
@@ -238,15 +247,15 @@ def pretrain(cfg: PretrainConfig, corpus_train: Path, corpus_valid: Path, out: P
         if budget and clock["elapsed"] > budget:
             break
     bar.close()
-    model = acc.unwrap_model(model)
-    ppl = perplexity(model, valid_blocks, cfg.batch_size, cfg.eval_batches)
+    ppl = perplexity(acc.unwrap_model(model), valid_blocks, cfg.batch_size, cfg.eval_batches)
     metrics = {"eval/perplexity": ppl, "loss/train": loss.item(), "params": n_params, "steps": step,
                "tokens": step * cfg.batch_size * cfg.block_size, "seconds": time.time() - start}
     tracker.log(metrics, step)
     tracker.close()
+    weights = gather_weights(acc, model)  # under ZeRO-3: the whole model, on the main process
     if distributed.is_main():
         with atomic_dir(out) as tmp:
-            model.save_pretrained(tmp)
+            acc.unwrap_model(model).save_pretrained(tmp, state_dict=weights)
             tok.save_pretrained(tmp)
             write_manifest(tmp, stage="pretrain", fingerprint=fp, config=cfg, seed=cfg.seed, metrics=metrics,
                            inputs={"train": str(corpus_train), "valid": str(corpus_valid)})

@@ -19,18 +19,26 @@ import time
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
+from transformers import PreTrainedModel
 
 from tiller import distributed
+from tiller.adapters import LORA_HELP, LoraConfig, apply_lora
 from tiller.batching import encode_prompt, encode_response, join
 from tiller.chat import prompt_key
 from tiller.config import ConfigError, field
 from tiller.data import Ranking, read_records
 from tiller.data.agreement import pairwise_agreement
 from tiller.losses import pair_preferences, preference_loss
-from tiller.models import MEMBERS_DIR, ScalarModel, enable_gradient_checkpointing, load_tokenizer
+from tiller.models import (
+    MEMBERS_DIR,
+    ScalarModel,
+    added_token_ids,
+    enable_gradient_checkpointing,
+    load_tokenizer,
+)
 from tiller.runs import atomic_dir, done_metrics, fingerprint, write_manifest
 from tiller.scoring import score_sorted
 from tiller.tracking import Tracker
@@ -40,11 +48,14 @@ from tiller.training import (
     Precision,
     autocast,
     cosine_schedule,
+    gather_weights,
+    loading_whole,
     make_accelerator,
     make_optimizer,
     optimizer_step,
     progress,
     set_seed,
+    zero_stage,
 )
 
 
@@ -69,6 +80,7 @@ class RMConfig:
     allow_empty: bool = field(False, help="accept empty responses (model samples, HH-RLHF's empty replies)")
     mixed_precision: Precision = field("no", help=PRECISION_HELP)
     gradient_checkpointing: bool = field(False, help=CHECKPOINTING_HELP)
+    lora: LoraConfig = field(default_factory=LoraConfig, help=LORA_HELP + " (the score head trains in full)")
     seed: int = field(0, help="random seed")
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], help="trackers")
 
@@ -137,10 +149,14 @@ def encode_records(tok, records: list[Ranking] | list[RankedItem], max_len: int)
     return out
 
 
-def forward_items(model: ScalarModel, seqs: list[list[list[int]]], items: list[RankedItem], pad_id: int, device):
-    """Scores (B, K_max), pair targets (B, K_max, K_max), valid (B, K_max) for a batch of items."""
+def forward_items(model: ScalarModel, seqs: list[list[list[int]]], items: list[RankedItem], pad_id: int, device,
+                  min_seqs: int = 0):
+    """Scores (B, K_max), pair targets (B, K_max, K_max), valid (B, K_max) for a batch of items. ``min_seqs``:
+    one-token fillers, scored and dropped, make up that many responses, so that ranks holding fewer run as
+    many forwards as the others (under ZeRO-3 each forward gathers the weights from all ranks)."""
     k_max = max(len(s) for s in seqs)
-    raw = score_sorted(model, [x for s in seqs for x in s], pad_id, device)
+    flat = [x for s in seqs for x in s]
+    raw = score_sorted(model, flat + [flat[0][:1]] * (min_seqs - len(flat)), pad_id, device)[: len(flat)]
     scores = torch.zeros(len(seqs), k_max, device=device)
     prefs = torch.zeros(len(seqs), k_max, k_max, device=device)
     valid = torch.zeros(len(seqs), k_max, dtype=torch.bool, device=device)
@@ -152,6 +168,16 @@ def forward_items(model: ScalarModel, seqs: list[list[list[int]]], items: list[R
         valid[row, :k] = True
         i += k
     return scores, prefs, valid
+
+
+@torch.no_grad()
+def score_all(model: ScalarModel, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
+    """Raw scores of all ``seqs``, on every rank: each scores its block and the blocks are gathered. A rank
+    short of sequences scores copies too, so every rank runs the same forwards (ZeRO-3 gathers in each).
+    (N,), on the CPU"""
+    mine, real = distributed.padded_share(seqs)
+    raw = score_sorted(model, mine, pad_id, next(model.parameters()).device)[:real] if mine else torch.zeros(0)
+    return distributed.gather_cat(raw.float().cpu())
 
 
 @torch.no_grad()
@@ -167,7 +193,7 @@ def evaluate(models: list[ScalarModel], tok, records: list[Ranking], max_len: in
     per_member = []
     for m in models:
         m.eval()
-        per_member.append(score_sorted(m, flat, tok.pad_token_id, next(m.parameters()).device).cpu())
+        per_member.append(score_all(m, flat, tok.pad_token_id))
     k_max = max(len(r.responses) for r in records)
     offsets = [0]
     for s in sets:
@@ -219,14 +245,12 @@ def labeler_agreement(records: list[Ranking]) -> float | None:
 def set_normalisation(model: ScalarModel, pad_id: int, demo_seqs: list[list[int]],
                       answer_seqs: list[list[int]]) -> dict:
     """bias = -mean raw score of the demonstrations; gain = 1/std of the raw scores of ranked responses
-    (left as it is when ``answer_seqs`` is empty)."""
-    device = next(model.parameters()).device
+    (left as it is when ``answer_seqs`` is empty). Every rank scores its share and sets the same values."""
     model.eval()
-    with torch.no_grad():
-        if demo_seqs:
-            model.bias = -float(score_sorted(model, demo_seqs, pad_id, device).mean())
-        if answer_seqs:
-            model.gain = 1.0 / max(float(score_sorted(model, answer_seqs, pad_id, device).std()), 1e-6)
+    if demo_seqs:
+        model.bias = -float(score_all(model, demo_seqs, pad_id).mean())
+    if answer_seqs:
+        model.gain = 1.0 / max(float(score_all(model, answer_seqs, pad_id).std()), 1e-6)
     return {"rm/bias": model.bias, "rm/gain": model.gain}
 
 
@@ -245,13 +269,21 @@ def normalisation_seqs(tok, demos: list, answer_seqs: list[list[int]], max_len: 
 
 
 def _train_member(cfg: RMConfig, m: int, model_path: str, tok, items: list[RankedItem], seqs, steps: int,
-                  tracker: Tracker, bar) -> ScalarModel:
-    """One reward model; member ``m`` of an ensemble differs from the others by its seed (data order)."""
+                  tracker: Tracker, bar) -> tuple[ScalarModel, dict[str, torch.Tensor] | None]:
+    """One reward model, and under ZeRO-3 its whole weights on the main process (else None) for the folder;
+    member ``m`` of an ensemble differs from the others by its seed (data order)."""
     set_seed(cfg.seed + m)
-    model = ScalarModel.from_pretrained(model_path, tok)
+    with loading_whole():  # members after the first load after a ZeRO-3 accelerator exists
+        model = ScalarModel.from_pretrained(model_path, tok)
+        if cfg.lora.enabled:
+            model.hf = apply_lora(cast(PreTrainedModel, model.hf), cfg.lora, head="score",
+                                  new_token_ids=added_token_ids(model_path, tok))
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     acc = make_accelerator()
+    if cfg.lora.enabled and zero_stage(acc) == 3:
+        raise ConfigError("lora is not supported under DeepSpeed ZeRO-3 (its adapter folder is written from whole "
+                          "weights); use configs/accelerate/deepspeed-zero2.yaml")
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
     sched = cosine_schedule(opt, steps, warmup_ratio=0.05)
     model, opt, sched = acc.prepare(model, opt, sched)
@@ -267,9 +299,11 @@ def _train_member(cfg: RMConfig, m: int, model_path: str, tok, items: list[Ranke
             weight = float(sum(items[j].n_labels for j in idx if len(items[j].responses) >= 2))
             part = float(sum(items[j].n_labels for j in mine if len(items[j].responses) >= 2))
             rows = mine or idx[:1]  # a rank short of items joins with weight 0
+            most = max(sum(len(seqs[j]) for j in (idx[lo:hi] or idx[:1]))  # responses of the fullest rank
+                       for lo, hi in (distributed.shard_bounds(len(idx), index=r) for r in range(distributed.world_size())))
             with autocast(cfg.mixed_precision, acc.device):
                 scores, prefs, valid_mask = forward_items(model, [seqs[j] for j in rows], [items[j] for j in rows],
-                                                          tok.pad_token_id, acc.device)
+                                                          tok.pad_token_id, acc.device, min_seqs=most)
             n_labels = torch.tensor([items[j].n_labels for j in rows], dtype=torch.float32, device=acc.device)
             local, stats = preference_loss(scores, prefs, valid_mask, n_labels)  # each ranking counts once
             # 2. backward (DDP averages the ranks' gradients), clip, step
@@ -284,7 +318,7 @@ def _train_member(cfg: RMConfig, m: int, model_path: str, tok, items: list[Ranke
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.2f}")
             tracker.log({f"{tag}loss/train": loss, f"{tag}train/accuracy": accuracy,
                          f"{tag}train/margin": float(stats["margin"])}, step)
-    return acc.unwrap_model(model)
+    return acc.unwrap_model(model), gather_weights(acc, model)
 
 
 def train_rm(cfg: RMConfig, model_path: str, rankings: list[Path], demos_path: Path | None, out: Path,
@@ -314,36 +348,40 @@ def train_rm(cfg: RMConfig, model_path: str, rankings: list[Path], demos_path: P
     steps = math.ceil(len(items) / cfg.batch_size) * cfg.epochs
     label = f"reward model ({len(train)} rankings of {len(items)} response sets)"
     bar = progress(steps * cfg.ensemble, label if cfg.ensemble == 1 else f"{label}, ensemble of {cfg.ensemble}")
-    members = [_train_member(cfg, m, model_path, tok, items, seqs, steps, tracker, bar) for m in range(cfg.ensemble)]
+    trained = [_train_member(cfg, m, model_path, tok, items, seqs, steps, tracker, bar) for m in range(cfg.ensemble)]
+    members, weights = [t[0] for t in trained], [t[1] for t in trained]
     bar.close()
     metrics = {"train/rankings": len(train), "train/items": len(items), "eval/rankings": len(valid),
                "seconds": time.time() - start,
                "pairs_per_s": sum(len(r.responses) * (len(r.responses) - 1) / 2 for r in train) * cfg.epochs
                * cfg.ensemble / max(time.time() - start, 1e-9)}
-    # evaluation, normalisation and the folder: forwards only, done by the main process while the others wait
-    if distributed.is_main():
-        if valid:
-            metrics.update(evaluate(members, tok, valid, cfg.max_len))
-        agreement = labeler_agreement(records)
-        if agreement is not None:
-            metrics["data/labeler_agreement"] = agreement
-        demos = read_records(demos_path, "demonstration", allow_empty=cfg.allow_empty) if demos_path else []
-        set_seqs = []  # each answer set once, whatever the labelers: the training items when they are merged
-        if cfg.normalize_std:
-            set_seqs = seqs if cfg.merge_labelers else encode_records(tok, to_items(train, merge=True), cfg.max_len)
-        demo_seqs, answer_seqs = normalisation_seqs(tok, demos, [x for s in set_seqs for x in s], cfg.max_len,
-                                                    cfg.norm_samples, cfg.seed)
-        for m, member in enumerate(members):
-            norm = set_normalisation(member, tok.pad_token_id, demo_seqs, answer_seqs)
-            metrics.update(norm if m == 0 else {f"{k}_member{m}": v for k, v in norm.items()})
-        tracker.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, steps)
-        tracker.close()
+    # evaluation and normalisation: forwards only, every rank scoring its share (so all run the same
+    # forwards, as ZeRO-3 needs) and computing the same numbers from the gathered scores
+    if valid:
+        metrics.update(evaluate(members, tok, valid, cfg.max_len))
+    agreement = labeler_agreement(records)
+    if agreement is not None:
+        metrics["data/labeler_agreement"] = agreement
+    demos = read_records(demos_path, "demonstration", allow_empty=cfg.allow_empty) if demos_path else []
+    set_seqs = []  # each answer set once, whatever the labelers: the training items when they are merged
+    if cfg.normalize_std:
+        set_seqs = seqs if cfg.merge_labelers else encode_records(tok, to_items(train, merge=True), cfg.max_len)
+    demo_seqs, answer_seqs = normalisation_seqs(tok, demos, [x for s in set_seqs for x in s], cfg.max_len,
+                                                cfg.norm_samples, cfg.seed)
+    for m, member in enumerate(members):
+        norm = set_normalisation(member, tok.pad_token_id, demo_seqs, answer_seqs)
+        metrics.update(norm if m == 0 else {f"{k}_member{m}": v for k, v in norm.items()})
+    tracker.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, steps)
+    tracker.close()
+    if distributed.is_main():  # the folder; under ZeRO-3 each member's weights were gathered here after training
         with atomic_dir(out) as tmp:
             # member 0 is the folder itself, so a single-RM reader (TRL, the value model's init) still loads it
             extra = [f"{MEMBERS_DIR}/{m}" for m in range(1, len(members))]
-            members[0].save_pretrained(tmp, extra={"max_len": cfg.max_len, **({"members": extra} if extra else {})})
-            for sub, member in zip(extra, members[1:], strict=True):
-                member.save_pretrained(tmp / sub, extra={"max_len": cfg.max_len})
+            members[0].save_pretrained(tmp, extra={"max_len": cfg.max_len, **({"members": extra} if extra else {})},
+                                       merge=cfg.lora.merge, base=model_path, state_dict=weights[0])
+            for sub, member, w in zip(extra, members[1:], weights[1:], strict=True):
+                member.save_pretrained(tmp / sub, extra={"max_len": cfg.max_len}, merge=cfg.lora.merge,
+                                       base=model_path, state_dict=w)
                 tok.save_pretrained(tmp / sub)  # each member is a reward model of its own
             tok.save_pretrained(tmp)
             write_manifest(tmp, stage="rm", fingerprint=fp, config=cfg, seed=cfg.seed, metrics=metrics,

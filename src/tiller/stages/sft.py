@@ -13,15 +13,17 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from tiller import distributed
+from tiller.adapters import LORA_HELP, LoraConfig, apply_lora, save_model
 from tiller.batching import IGNORE, encode_prompt, encode_response, pack_examples, pad, sft_example
 from tiller.config import ConfigError, field
 from tiller.data import Demonstration, read_records
 from tiller.losses import masked_lm_loss
-from tiller.models import enable_gradient_checkpointing, load_policy
+from tiller.models import added_token_ids, enable_gradient_checkpointing, load_policy
 from tiller.runs import atomic_dir, done_metrics, fingerprint, write_manifest
 from tiller.tracking import Tracker
 from tiller.training import (
@@ -30,11 +32,16 @@ from tiller.training import (
     Precision,
     autocast,
     cosine_schedule,
+    gather_weights,
+    gathered,
+    loading_whole,
     make_accelerator,
     make_optimizer,
     optimizer_step,
     progress,
     set_seed,
+    snapshot_weights,
+    zero_stage,
 )
 
 
@@ -52,6 +59,7 @@ class SFTConfig:
     allow_empty: bool = field(False, help="accept demonstrations with an empty response")
     mixed_precision: Precision = field("no", help=PRECISION_HELP)
     gradient_checkpointing: bool = field(False, help=CHECKPOINTING_HELP)
+    lora: LoraConfig = field(default_factory=LoraConfig, help=LORA_HELP)
     seed: int = field(0, help="random seed")
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], help="trackers")
 
@@ -79,10 +87,12 @@ def target_tokens(row: tuple[list[int], list[int]]) -> int:
 
 @torch.no_grad()
 def eval_loss(model, rows, pad_id: int, batch_size: int) -> float:
-    """Token-mean loss over ``rows``; each rank evaluates its share and the sums are combined."""
+    """Token-mean loss over ``rows``; each rank evaluates its share and the sums are combined. A rank short
+    of rows runs as many forwards as the others, on copies without targets (ZeRO-3 gathers in every one)."""
     model.eval()
     total = torch.zeros(2, dtype=torch.float64)  # summed loss, tokens
-    mine = distributed.my_share(rows)
+    mine, real = distributed.padded_share(rows)
+    mine = mine[:real] + [(ids, [IGNORE] * len(ids)) for ids, _ in mine[real:]]
     for i in range(0, len(mine), batch_size):
         b = {k: v.to(model.device) for k, v in collate(mine[i : i + batch_size], pad_id).items()}
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
@@ -95,13 +105,18 @@ def eval_loss(model, rows, pad_id: int, batch_size: int) -> float:
 
 def rm_selection_score(model, tok, rm_path: str, prompts: list) -> float:
     """Mean RM score of greedy answers to validation prompts (InstructGPT's SFT model selection); each rank
-    answers its share."""
+    answers its share with the whole ``model`` (``training.gathered``: answers end after different numbers
+    of forwards)."""
     from tiller.rollout import generate
     from tiller.scoring import RewardScorer
 
     mine = distributed.my_share(prompts)
     ro = generate(model, tok, mine, temperature=0.0)
-    total = float(sum(RewardScorer(rm_path).score(mine, ro.texts, ro.ended))) if mine else 0.0
+    total = 0.0
+    if mine:
+        with loading_whole():  # a scoring model no engine prepares: whole on every rank, also under ZeRO-3
+            scorer = RewardScorer(rm_path)
+        total = float(sum(scorer.score(mine, ro.texts, ro.ended)))
     return float(distributed.all_sum(torch.tensor([total], dtype=torch.float64))) / max(len(prompts), 1)
 
 
@@ -119,7 +134,10 @@ def sft(cfg: SFTConfig, model_path: str, demos_path: Path, out: Path, log_dir: P
     valid, train = demos[:n_valid], demos[n_valid:]
     if not train:
         raise ConfigError(f"{demos_path}: no demonstrations left to train on")
+    model: Any
     model, tok = load_policy(model_path)
+    if cfg.lora.enabled:  # new chat-marker rows train with the adapter
+        model = apply_lora(model, cfg.lora, new_token_ids=added_token_ids(model_path, tok))
     train_rows = encode_demos(tok, train, cfg.max_len)
     valid_rows = encode_demos(tok, valid, cfg.max_len)
     if cfg.packing:
@@ -128,12 +146,15 @@ def sft(cfg: SFTConfig, model_path: str, demos_path: Path, out: Path, log_dir: P
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     acc = make_accelerator()
+    if cfg.lora.enabled and zero_stage(acc) == 3:
+        raise ConfigError("lora is not supported under DeepSpeed ZeRO-3 (its adapter folder is written from whole "
+                          "weights); use configs/accelerate/deepspeed-zero2.yaml")
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
     sched = cosine_schedule(opt, steps_per_epoch * cfg.epochs, warmup_ratio=0.03)
     model, opt, sched = acc.prepare(model, opt, sched)
     tracker = Tracker(log_dir, "sft", cfg.report_to)
     rng = random.Random(cfg.seed)
-    best: tuple[float, dict, dict] | None = None
+    best: tuple[float, dict | None, dict] | None = None
     history = []
     step, start = 0, time.time()
     bar = progress(steps_per_epoch * cfg.epochs, "sft")
@@ -158,27 +179,31 @@ def sft(cfg: SFTConfig, model_path: str, demos_path: Path, out: Path, log_dir: P
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
                 tracker.log({"loss/train": loss.item(), "charts/lr": sched.get_last_lr()[0]}, step)
-        unwrapped = acc.unwrap_model(model)
         metrics = {"epoch": epoch + 1, "loss/train": loss.item()}
         if valid_rows:
-            metrics["loss/eval"] = eval_loss(unwrapped, valid_rows, tok.pad_token_id, cfg.batch_size)
+            metrics["loss/eval"] = eval_loss(acc.unwrap_model(model), valid_rows, tok.pad_token_id, cfg.batch_size)
         if cfg.select_by_rm and valid:
-            metrics["eval/rm_score"] = rm_selection_score(unwrapped, tok, cfg.select_by_rm,
-                                                          [d.prompt for d in valid[: cfg.rm_eval_prompts]])
+            with gathered(acc, model) as whole:
+                metrics["eval/rm_score"] = rm_selection_score(whole, tok, cfg.select_by_rm,
+                                                              [d.prompt for d in valid[: cfg.rm_eval_prompts]])
         tracker.log(metrics, step)
         history.append(metrics)
         if cfg.select_by_rm and (best is None or metrics["eval/rm_score"] > best[0]):
-            snapshot = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
-            best = (metrics["eval/rm_score"], snapshot, metrics)
+            best = (metrics["eval/rm_score"], snapshot_weights(acc, model), metrics)  # a copy on the main process
     bar.close()
     tracker.close()
     unwrapped = acc.unwrap_model(model)
-    if best is not None:  # InstructGPT: the epoch whose answers the RM scores best
-        unwrapped.load_state_dict(best[1])
+    # InstructGPT: the epoch whose answers the RM scores best; under ZeRO-3 the last one's weights gathered
+    weights = best[1] if best is not None else gather_weights(acc, model)  # None but on the main process
     result = {**(best[2] if best is not None else history[-1]), "seconds": time.time() - start, "n_train": len(train), "n_valid": len(valid)}
     if distributed.is_main():
         with atomic_dir(out) as tmp:
-            unwrapped.save_pretrained(tmp)
+            if zero_stage(acc) == 3:  # no rank holds the whole model (and LoRA was refused)
+                unwrapped.save_pretrained(tmp, state_dict=weights)
+            else:
+                if weights is not None:
+                    unwrapped.load_state_dict(weights)
+                save_model(unwrapped, tmp, merge=cfg.lora.merge, base=model_path)  # plain, adapter alone, or merged
             tok.save_pretrained(tmp)
             write_manifest(tmp, stage="sft", fingerprint=fp, config=cfg, seed=cfg.seed, metrics=result,
                            history=history, inputs={k: str(v) for k, v in inputs.items()})
