@@ -13,16 +13,15 @@ import shutil
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     GPT2Config,
     LlamaConfig,
-    PreTrainedTokenizerFast,
 )
 
+from helpers import plain_tokenizer  # pytest puts tests/ on the path
 from tiller.adapters import (
     ADAPTER_FILE,
     LoraConfig,
@@ -48,19 +47,12 @@ from tiller.models import (
     load_tokenizer,
 )
 
-DOCS = ["the cat sat on the mat", "what is two and three", "hello there my friend"] * 20
 LORA = LoraConfig(r=4, alpha=8.0)
 
 
 def _save_tiny(d, arch: str):
     """A tiny random model saved with a GPT-2-style tokenizer (only <|endoftext|>, pad == eos)."""
-    t = Tokenizer(models.BPE())
-    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    t.decoder = decoders.ByteLevel()
-    t.train_from_iterator(DOCS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                                     initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                  pad_token="<|endoftext|>")
+    tok = plain_tokenizer()
     if arch == "gpt2":
         cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=len(tok),
                          eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)

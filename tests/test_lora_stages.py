@@ -114,3 +114,19 @@ def test_shared_backbone_value_trains_the_policy_and_value_adapters(lora_sft, ti
     m = train_ppo(cfg, str(sft_dir), str(sft_dir), tiny_world_dir / "prompts.jsonl", tmp_path / "policy",
                   tmp_path / "logs", rm_path=str(tmp_path / "rm"))
     assert m["loss/value"] > 0 and m["eval/kl"] != 0.0
+
+
+def test_the_policy_optimiser_does_not_hold_a_shared_backbone_value_adapter(tiny_base_dir):
+    """Both optimisers holding the value adapter stepped it twice per minibatch, once at the policy's lr."""
+    from tiller.adapters import LoraConfig, apply_lora
+    from tiller.models import SharedValueModel
+    from tiller.stages.ppo import policy_optimizer, value_optimizer
+
+    policy, _ = load_policy(tiny_base_dir)
+    policy = apply_lora(policy, LoraConfig(r=4))
+    value = SharedValueModel(policy, LoraConfig(r=4))
+    held = {id(p) for g in policy_optimizer(policy, value, 1e-3).param_groups for p in g["params"]}
+    value_held = {id(p) for g in value_optimizer(value, 1e-3).param_groups for p in g["params"]}
+    assert held and value_held and not held & value_held
+    assert held | value_held == {id(p) for p in policy.parameters() if p.requires_grad} | {
+        id(p) for p in value.head.parameters()}

@@ -6,16 +6,15 @@ import json
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     GPT2Config,
     LlamaConfig,
-    PreTrainedTokenizerFast,
 )
 
+from helpers import DOCS, plain_tokenizer  # pytest puts tests/ on the path
 from tiller.batching import batch
 from tiller.chat import END, SPECIAL_TOKENS
 from tiller.models import (
@@ -28,8 +27,6 @@ from tiller.models import (
     position_ids_from_mask,
 )
 
-DOCS = ["the cat sat on the mat", "what is two and three", "hello there my friend"] * 20
-
 
 def _tiny_gpt2(vocab: int, **kw) -> GPT2Config:
     return GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=vocab, **kw)
@@ -38,13 +35,7 @@ def _tiny_gpt2(vocab: int, **kw) -> GPT2Config:
 @pytest.fixture(scope="module")
 def plain_dir(tmp_path_factory):
     """A GPT-2-style hub folder: byte-level BPE with only <|endoftext|>, pad == eos, no chat tokens."""
-    t = Tokenizer(models.BPE())
-    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    t.decoder = decoders.ByteLevel()
-    t.train_from_iterator(DOCS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                                     initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                  pad_token="<|endoftext|>")
+    tok = plain_tokenizer()
     d = tmp_path_factory.mktemp("plain")
     tok.save_pretrained(d)
     torch.manual_seed(0)

@@ -17,7 +17,7 @@ import json
 import os
 import random
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -125,14 +125,18 @@ def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractC
 
 
 def make_optimizer(
-    model: torch.nn.Module, lr: float, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.95)
+    model: torch.nn.Module, lr: float, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.95),
+    exclude: Iterable[torch.nn.Parameter] = (),
 ) -> torch.optim.Optimizer:
     """AdamW with no weight decay on biases and norms (the usual GPT recipe). An empty group is left out
-    (LoRA trains matrices only): DeepSpeed drops it, and a scheduler made for two groups would then fail."""
+    (LoRA trains matrices only): DeepSpeed drops it, and a scheduler made for two groups would then fail.
+    ``exclude``: trainable parameters inside ``model`` that another optimiser owns (a value adapter on the
+    policy's backbone)."""
+    others = {id(p) for p in exclude}
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
-        if p.requires_grad:
+        if p.requires_grad and id(p) not in others:
             (no_decay if p.ndim < 2 or "norm" in name or "ln_" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, eps=1e-8)

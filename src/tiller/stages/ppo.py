@@ -342,6 +342,13 @@ class AdapterDisabled(nn.Module):
             return self._policy[0](**kwargs)
 
 
+def policy_optimizer(policy: nn.Module, value: ScalarModel | SharedValueModel | None, lr: float) -> torch.optim.Optimizer:
+    """AdamW over the policy's trainable weights, less a shared-backbone value adapter living inside it (the
+    value optimiser's alone: held by both, it would be stepped twice, once with the policy's lr)."""
+    shared = value.trainable_parameters() if isinstance(value, SharedValueModel) else []
+    return make_optimizer(policy, lr, betas=(0.9, 0.999), exclude=shared)
+
+
 def value_optimizer(value: ScalarModel | SharedValueModel, lr: float) -> torch.optim.Optimizer:
     """AdamW over what the value model trains: a shared-backbone value's adapter lives inside the policy."""
     if isinstance(value, SharedValueModel):
@@ -392,7 +399,7 @@ def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Pat
     acc = make_accelerator()
     check_world(cfg, distributed.world_size())
     sharded = cfg.sharding == "fsdp"
-    opt = make_optimizer(m.policy, cfg.lr, betas=(0.9, 0.999))
+    opt = policy_optimizer(m.policy, m.value, cfg.lr)
     kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
               else FixedKLController(cfg.kl_coef))
     ema = EMA(m.policy, cfg.ema_decay) if cfg.ema_decay else None
