@@ -105,7 +105,7 @@ def build_models(work: Path, world_dir: Path) -> tuple[Path, Path]:
 
 def ppo_args(policy: Path, rm: Path, prompts: Path, out: Path, iterations: int) -> list[str]:
     return ["ppo", "--policy", str(policy), "--ref", str(policy), "--rm", str(rm), "--prompts", str(prompts),
-            "--out", str(out), f"iterations={iterations}", "rollout_batch=4", "minibatch_size=2", "ppo_epochs=1",
+            "--out", str(out), "--force", f"iterations={iterations}", "rollout_batch=4", "minibatch_size=2", "ppo_epochs=1",
             "max_new_tokens=24", "eval_every=0", "eval_prompts=0", "checkpoint_every=0", "lora.r=16",
             "lora.alpha=32", "gradient_checkpointing=true", "report_to=[jsonl]"]
 
