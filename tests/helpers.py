@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -17,3 +20,17 @@ def plain_tokenizer() -> PreTrainedTokenizerFast:
                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     return PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
                                    pad_token="<|endoftext|>")
+
+
+def run_command(cmd: list[str], cwd: Path, env: dict[str, str], wait: bool = True, timeout: int = 600):
+    """Run ``cmd`` (a launcher and its processes) in ``cwd``: with ``wait``, to the end, asserting it
+    succeeded (its output in the failure); else started in its own session, so that a test can kill the
+    launcher and all its ranks at once (``os.killpg``), output discarded (an unread pipe could fill up and
+    stall it)."""
+    if not wait:
+        return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    err = done.stderr if len(done.stderr) < 8000 else done.stderr[:4000] + "\n[...]\n" + done.stderr[-4000:]
+    assert done.returncode == 0, done.stdout[-3000:] + err  # a rank's own error comes before torchrun's summary
+    return done

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import run_command  # pytest puts tests/ on the path
 from tiller.data import write_jsonl
 from tiller.runs import MANIFEST
 
@@ -37,13 +38,7 @@ def tiller(args: list[str], cwd: Path, processes: int = 1, wait: bool = True):
     """``tiller ARGS`` in ``cwd`` (its run folder is cwd/runs/default), in one process or under torchrun.
     No ``--run``: torchrun's own parser would take it for its ``--run-path``."""
     launcher = ([TORCHRUN, "--standalone", "--nproc_per_node", str(processes)] if processes > 1 else [sys.executable])
-    cmd = [*launcher, "-m", "tiller.cli", *args]
-    if not wait:
-        return subprocess.Popen(cmd, env=ENV, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    done = subprocess.run(cmd, env=ENV, cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
+    return run_command([*launcher, "-m", "tiller.cli", *args], cwd, ENV, wait)
 
 
 def metrics(folder: Path) -> dict:

@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import pytest
 
 import test_data_parallel as dp  # pytest puts tests/ on the path
+from helpers import run_command
 from tiller.runs import MANIFEST
 
 pytestmark = pytest.mark.slow
@@ -52,12 +52,7 @@ def launch(zero: int, target: list[str], cwd: Path, wait: bool = True):
     config = CONFIGS / f"deepspeed-zero{zero}.yaml"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--main_process_port", "0",
            *target]
-    if not wait:
-        return subprocess.Popen(cmd, env=ENV, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-    done = subprocess.run(cmd, env=ENV, cwd=cwd, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
+    return run_command(cmd, cwd, ENV, wait, timeout=900)
 
 
 def tiller(args: list[str], cwd: Path, zero: int = 0, wait: bool = True):

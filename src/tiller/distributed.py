@@ -12,12 +12,18 @@ writes files. With one process every function here is the identity, so stages ca
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-from collections.abc import Sequence
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from tiller.runs import LOOP_STATE
 
 T = TypeVar("T")
 N = TypeVar("N", float, torch.Tensor)
@@ -146,3 +152,45 @@ def global_share(local: N, total: float | torch.Tensor) -> N:
     must be scaled by the number of ranks for the average to equal the one-process gradient of the global
     mean. ``local`` and ``total`` count the same unit (tokens, rankings, sequences)."""
     return local / total * world_size()  # type: ignore[return-value]  # a float over a tensor total is a tensor
+
+
+@contextlib.contextmanager
+def shared_atomic_dir(final: str | Path) -> Iterator[Path]:
+    """``runs.atomic_dir`` for a folder every rank writes part of (a checkpoint: each rank its RNG state or
+    its shards): one temporary sibling, the same name on every rank, made by the main process before anyone
+    writes, renamed into place by it once all have written. Every rank must enter; on an error nothing is
+    renamed (the temporary folder is ``runs.clean_stale``'s)."""
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.tmp-shared")
+    if is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    yield tmp
+    barrier()  # every rank's part is written
+    if is_main():
+        old = final.with_name(f".{final.name}.old-shared")
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    barrier()  # nobody reads or replaces the folder before it is whole
+
+
+class CheckpointSlot:
+    """One resumable checkpoint folder shared by all ranks, replaced whole at each save: what the
+    accelerate checkpointer (``training.Checkpointer``) and the FSDP2 one (``sharding.Checkpoint``) share."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def peek(self) -> dict[str, Any] | None:
+        """The loop state of the checkpoint, without restoring anything."""
+        f = self.folder / LOOP_STATE
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    def clear(self) -> None:
+        barrier()
+        if is_main():
+            shutil.rmtree(self.folder, ignore_errors=True)
+        barrier()

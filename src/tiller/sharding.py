@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import random
-import shutil
 import warnings
 from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
@@ -237,25 +236,12 @@ def save_state(folder: str | Path, models: Mapping[str, nn.Module],
     (each rank writes its shards, ``torch.distributed.checkpoint``), ``extra`` objects with
     ``state_dict``/``load_state_dict`` (schedulers, KL controllers), each rank's RNG states and the JSON
     ``loop_state``. Every rank must call it; ``folder`` must be on a file system all ranks share."""
-    folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp-dcp")  # the same name on every rank (runs.clean_stale)
-    old = folder.with_name(f".{folder.name}.old-dcp")
-    if distributed.rank() == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    distributed.barrier()
-    with _one_process_quiet():
-        dcp.save(_state(models, optimizers, extra or {}), checkpoint_id=str(tmp))
-    torch.save(_rng_state(), tmp / f"rng-{distributed.rank()}.pt")
-    if distributed.rank() == 0:
-        (tmp / LOOP_STATE).write_text(json.dumps(loop_state or {}))
-    distributed.barrier()  # every rank's part is written
-    if distributed.rank() == 0:
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    distributed.barrier()  # nobody looks for the checkpoint before it is in place
+    with distributed.shared_atomic_dir(folder) as tmp:
+        with _one_process_quiet():
+            dcp.save(_state(models, optimizers, extra or {}), checkpoint_id=str(tmp))
+        torch.save(_rng_state(), tmp / f"rng-{distributed.rank()}.pt")
+        if distributed.is_main():
+            (tmp / LOOP_STATE).write_text(json.dumps(loop_state or {}))
 
 
 def load_state(folder: str | Path, models: Mapping[str, nn.Module],
@@ -283,30 +269,20 @@ def load_state(folder: str | Path, models: Mapping[str, nn.Module],
     return json.loads((folder / LOOP_STATE).read_text())
 
 
-class Checkpoint:
+class Checkpoint(distributed.CheckpointSlot):
     """``training.Checkpointer``'s interface (save / peek / load / clear) for sharded models, on
     :func:`save_state` and :func:`load_state`: accelerate's ``save_state`` knows DDP and DeepSpeed engines,
     not FSDP2 modules that never went through ``prepare``."""
 
     def __init__(self, folder: str | Path, models: Mapping[str, nn.Module],
                  optimizers: Mapping[str, torch.optim.Optimizer], extra: Mapping[str, Stateful] | None = None):
-        self.folder = Path(folder)
+        super().__init__(folder)
         self.models, self.optimizers, self.extra = models, optimizers, extra or {}
 
     def save(self, loop_state: dict[str, Any]) -> None:
         save_state(self.folder, self.models, self.optimizers, extra=self.extra, loop_state=loop_state)
 
-    def peek(self) -> dict[str, Any] | None:
-        f = self.folder / LOOP_STATE
-        return json.loads(f.read_text()) if f.is_file() else None
-
     def load(self) -> dict[str, Any] | None:
         state = load_state(self.folder, self.models, self.optimizers, extra=self.extra)
         distributed.barrier()
         return state
-
-    def clear(self) -> None:
-        distributed.barrier()
-        if distributed.rank() == 0:
-            shutil.rmtree(self.folder, ignore_errors=True)
-        distributed.barrier()

@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import random
-import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -240,37 +239,21 @@ def progress(total: int, desc: str, disable: bool = False) -> tqdm:
     return tqdm(total=total, desc=desc, dynamic_ncols=True, disable=quiet)
 
 
-class Checkpointer:
-    """Resumable training state in ``folder`` (one slot, replaced atomically)."""
+class Checkpointer(distributed.CheckpointSlot):
+    """Resumable training state in ``folder`` (one slot, replaced atomically) through accelerate."""
 
     def __init__(self, folder: str | Path, accelerator: Accelerator):
-        self.folder = Path(folder)
+        super().__init__(folder)
         self.acc = accelerator
 
     def save(self, loop_state: dict[str, Any]) -> None:
         """Every rank calls this (each writes its own RNG state; the main process the model and optimiser, or
         under DeepSpeed each rank its partition too), into one shared temporary folder that the main process
         renames into place once all have written."""
-        tmp = self.folder.with_name(f".{self.folder.name}.tmp-ckpt")
-        if distributed.is_main():
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        distributed.barrier()
-        self.acc.save_state(str(tmp), safe_serialization=False)  # torch.save: tied weights need no special case
-        distributed.barrier()
-        if distributed.is_main():
-            (tmp / LOOP_STATE).write_text(json.dumps(loop_state))
-            old = self.folder.with_name(f".{self.folder.name}.old-ckpt")
-            if self.folder.exists():
-                os.replace(self.folder, old)
-            os.replace(tmp, self.folder)
-            shutil.rmtree(old, ignore_errors=True)
-        distributed.barrier()  # nobody reads or replaces the checkpoint before it is whole
-
-    def peek(self) -> dict[str, Any] | None:
-        """The loop state of the checkpoint, without restoring anything."""
-        f = self.folder / LOOP_STATE
-        return json.loads(f.read_text()) if f.is_file() else None
+        with distributed.shared_atomic_dir(self.folder) as tmp:
+            self.acc.save_state(str(tmp), safe_serialization=False)  # torch.save: tied weights need no special case
+            if distributed.is_main():
+                (tmp / LOOP_STATE).write_text(json.dumps(loop_state))
 
     def load(self) -> dict[str, Any] | None:
         """Restore the registered model/optimiser/scheduler/RNG; returns the loop state, or None."""
@@ -280,9 +263,3 @@ class Checkpointer:
         state = json.loads((self.folder / LOOP_STATE).read_text())
         distributed.barrier()  # every rank has read it before any may write the next one
         return state
-
-    def clear(self) -> None:
-        distributed.barrier()
-        if distributed.is_main():
-            shutil.rmtree(self.folder, ignore_errors=True)
-        distributed.barrier()
