@@ -23,6 +23,7 @@ from tiller.data.cli import app as data_app
 from tiller.data.formats import DataError
 from tiller.distributed import launched_processes, rank
 from tiller.runs import run_dir
+from tiller.vllm_rollout import RolloutServerError
 
 if not __import__("torch").cuda.is_available():  # DeepSpeed, when installed, would print a warning on stdout
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # in every process that asks it which device it is on
@@ -66,7 +67,7 @@ def user_errors(fn: F) -> F:
             quiet = contextlib.redirect_stdout(open(os.devnull, "w")) if rank() > 0 else contextlib.nullcontext()
             with quiet:
                 return fn(*args, **kwargs)
-        except (ConfigError, DataError, ChatFormatError, FileNotFoundError, TimeoutError) as e:
+        except (ConfigError, DataError, ChatFormatError, FileNotFoundError, TimeoutError, RolloutServerError) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
 

@@ -1,10 +1,13 @@
-"""Sampling answers from a policy, left-padded batches, with either of two samplers.
+"""Sampling answers from a policy, left-padded batches: the rollout backends.
 
 - ``backend="loop"``: a plain cached decode loop over ``model(...)`` with a preallocated (static) KV
   cache, optionally ``torch.compile``-d one-token step. It also returns each sampled token's
   log-probability at the sampling temperature, which RL uses as the old-policy log-probabilities
   instead of running the policy over the rollout a second time.
 - ``backend="hf"``: Hugging Face ``generate`` (kept as the reference the loop is tested against).
+- a :class:`RemoteSampler` (``server=``): a serving engine in another process, in practice the vLLM
+  rollout server (:mod:`tiller.vllm_rollout`); the caller keeps its weights in step with ``model``'s.
+  It returns token ids only: RL recomputes the old logprobs with its own forward.
 
 Both return token ids as well as text, because RL needs the exact tokens that were sampled
 (re-tokenising the decoded text can give different ids). Both draw from the same distribution with the
@@ -17,7 +20,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StaticCache
@@ -31,6 +34,14 @@ from tiller.training import progress
 Backend = Literal["hf", "loop"]
 CACHE_BUCKET = 64  # the compiled step's cache length is a multiple of this
 Step = Callable[..., Any]
+
+
+class RemoteSampler(Protocol):
+    """A sampler in another process (``tiller.vllm_rollout.RolloutServer``): one answer per prompt, each
+    up to and including its stop token, from the seeded stream ``seeds[i]`` (temperature 0: greedy)."""
+
+    def sample(self, prompt_ids: list[list[int]], seeds: list[int] | None, *, temperature: float, top_p: float,
+               max_new_tokens: int, stop_ids: list[int]) -> list[list[int]]: ...
 
 
 @dataclass
@@ -266,10 +277,13 @@ def generate(
     backend: Backend = "loop",
     compile: bool = False,
     row_seeds: list[int] | None = None,
+    server: RemoteSampler | None = None,
 ) -> Rollout:
     """Sample ``n`` answers to each prompt (``temperature`` 0 means greedy). ``compile`` applies to the
-    loop sampler only. ``row_seeds`` (loop sampler): a seed per answer, prompt-major, so each answer is the
-    same whatever the batching or the process it is sampled in (:func:`row_generators`)."""
+    loop sampler only. ``row_seeds`` (loop sampler or ``server``): a seed per answer, prompt-major, so each
+    answer is the same whatever the batching or the process it is sampled in (:func:`row_generators`).
+    ``server``: sample there instead of with ``model`` (``backend`` is then unused; ``seed`` gives the
+    answers' seeds when ``row_seeds`` is not given)."""
     was_training = model.training
     model.eval()
     if seed is not None:
@@ -281,24 +295,31 @@ def generate(
     out = Rollout()
     device = next(model.parameters()).device
     stop_tensor = torch.tensor(stop_list, device=device)
+    if server is not None and row_seeds is None and seed is not None:
+        row_seeds = [hash((seed, g)) % 2**62 for g in range(len(flat))]
     if row_seeds is not None:
-        if backend != "loop":
+        if backend != "loop" and server is None:
             raise ValueError("row_seeds need the loop sampler: Hugging Face generate draws from one stream")
         if len(row_seeds) != len(flat):
             raise ValueError(f"row_seeds: {len(row_seeds)} seeds for {len(flat)} answers")
     bar = progress(len(flat), "sampling", disable=not show_progress)
     for start in range(0, len(flat), batch_size):
         chunk = flat[start : start + batch_size]
-        enc = {k: v.to(device) for k, v in batch(chunk, tok.pad_token_id, side="left").items()}
         logps = None
-        if backend == "loop":
+        new: torch.Tensor | list[list[int]]
+        if server is not None:
+            new = server.sample(chunk, row_seeds[start : start + batch_size] if row_seeds is not None else None,
+                                temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, stop_ids=stop_list)
+        elif backend == "loop":
+            enc = {k: v.to(device) for k, v in batch(chunk, tok.pad_token_id, side="left").items()}
             gens = row_generators(row_seeds[start : start + batch_size], device) if row_seeds is not None else None
             new, logps = sample_loop(model, enc["input_ids"], enc["attention_mask"], stop_tensor, tok.pad_token_id,
                                      max_new_tokens, temperature, top_p, compile, gens)
         else:
+            enc = {k: v.to(device) for k, v in batch(chunk, tok.pad_token_id, side="left").items()}
             new = sample_hf(model, enc["input_ids"], enc["attention_mask"], stop_list, tok.pad_token_id,
                             max_new_tokens, temperature, top_p)
-        for i, (p_ids, ids) in enumerate(zip(chunk, new.tolist(), strict=True)):
+        for i, (p_ids, ids) in enumerate(zip(chunk, new if isinstance(new, list) else new.tolist(), strict=True)):
             keep, ended = kept_positions(ids, stops, tok.pad_token_id, ends)
             resp = [ids[j] for j in keep]
             out.prompt_ids.append(p_ids)

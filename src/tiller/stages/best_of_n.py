@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import random
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from tiller import distributed
 from tiller.config import ConfigError, field
@@ -22,6 +23,7 @@ from tiller.runs import atomic_dir, done_metrics, fingerprint, write_manifest
 from tiller.scoring import CompositeReward, RewardSource
 from tiller.stages.sft import SFTConfig, sft
 from tiller.training import deepspeed_launch, start_processes
+from tiller.vllm_rollout import RolloutServer, VLLMConfig, rollout_server
 
 
 @dataclass
@@ -35,6 +37,9 @@ class BoNConfig:
     rewards: list[RewardSource] = field(default_factory=list, help="reward sources (default: the run's RM)")
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(epochs=2, lr=3e-4, valid_fraction=0.0),
                            help="fine-tuning settings for each round")
+    sampler: Literal["loop", "vllm"] = field("loop", help="the decode loop, or the vLLM rollout server (vllm.*; "
+                                                          "each round's policy is pushed to it)")
+    vllm: VLLMConfig = field(default_factory=VLLMConfig, help="the rollout server of sampler=vllm")
     seed: int = field(0, help="random seed")
 
     def validate(self) -> None:
@@ -75,30 +80,36 @@ def best_of_n(cfg: BoNConfig, policy_path: str, prompts_path: Path, out: Path, l
     reward = CompositeReward(sources, policy_tok=load_tokenizer(policy_path))  # scores the sampled tokens
     current, history, start = policy_path, [], time.time()
     work = out.with_name(f".{out.name}.rounds")
-    for r in range(1, cfg.rounds + 1):
-        prompts = random.Random(f"{cfg.seed}-{r}").sample(pool, min(cfg.n_prompts, len(pool)))
-        # 1. each data-parallel rank samples and scores its block of the prompts; every answer has its own
-        # seeded stream, so the answers do not depend on the number of ranks
-        model, tok = load_policy(current, trainable=False)  # sampling only: the checkpoint's dtype
-        lo, hi = distributed.shard_bounds(len(prompts))
-        seeds = [hash((cfg.seed, r, g)) % 2**62 for g in range(lo * cfg.k, hi * cfg.k)]
-        ro = generate(model, tok, prompts[lo:hi], n=cfg.k, temperature=cfg.temperature,
-                      max_new_tokens=cfg.max_new_tokens, row_seeds=seeds, show_progress=True)
-        mine = reward.score([p for p in prompts[lo:hi] for _ in range(cfg.k)], ro.texts, ro.ended,
-                            list(zip(ro.prompt_ids, ro.response_ids, strict=True)))[0].tolist()
-        texts = [t for part in distributed.gather_objects(ro.texts) for t in part]
-        scores = [x for part in distributed.gather_objects(mine) for x in part]
-        # 2. keep the best answer to each prompt, 3. fine-tune on those (all ranks, data parallel)
-        best = [(p, t, s) for p, t, s in select_best(prompts, texts, scores, cfg.k) if t.strip()]
-        demos_path = work / f"best-r{r}.jsonl"
-        if distributed.is_main():
-            write_jsonl(demos_path, [Demonstration(p, t) for p, t, _ in best])
-        distributed.barrier()
-        round_out = work / f"policy-r{r}"
-        m = sft(cfg.sft, current, demos_path, round_out, log_dir, force=force)
-        history.append({"round": r, "mean_score_all": sum(scores) / len(scores),
-                        "mean_score_best": sum(s for *_, s in best) / max(len(best), 1), **m})
-        current = str(round_out)
+    server: RolloutServer | None = None
+    with ExitStack() as servers:
+        for r in range(1, cfg.rounds + 1):
+            prompts = random.Random(f"{cfg.seed}-{r}").sample(pool, min(cfg.n_prompts, len(pool)))
+            # 1. each data-parallel rank samples and scores its block of the prompts; every answer has its own
+            # seeded stream, so the answers do not depend on the number of ranks
+            model, tok = load_policy(current, trainable=False)  # sampling only: the checkpoint's dtype
+            if cfg.sampler == "vllm":  # one server for every round, each round's policy pushed to it
+                if server is None:
+                    server = servers.enter_context(rollout_server(cfg.vllm, model, tok, work / "rollout", current))
+                server.sync(model, current)
+            lo, hi = distributed.shard_bounds(len(prompts))
+            seeds = [hash((cfg.seed, r, g)) % 2**62 for g in range(lo * cfg.k, hi * cfg.k)]
+            ro = generate(model, tok, prompts[lo:hi], n=cfg.k, temperature=cfg.temperature,
+                          max_new_tokens=cfg.max_new_tokens, row_seeds=seeds, show_progress=True, server=server)
+            mine = reward.score([p for p in prompts[lo:hi] for _ in range(cfg.k)], ro.texts, ro.ended,
+                                list(zip(ro.prompt_ids, ro.response_ids, strict=True)))[0].tolist()
+            texts = [t for part in distributed.gather_objects(ro.texts) for t in part]
+            scores = [x for part in distributed.gather_objects(mine) for x in part]
+            # 2. keep the best answer to each prompt, 3. fine-tune on those (all ranks, data parallel)
+            best = [(p, t, s) for p, t, s in select_best(prompts, texts, scores, cfg.k) if t.strip()]
+            demos_path = work / f"best-r{r}.jsonl"
+            if distributed.is_main():
+                write_jsonl(demos_path, [Demonstration(p, t) for p, t, _ in best])
+            distributed.barrier()
+            round_out = work / f"policy-r{r}"
+            m = sft(cfg.sft, current, demos_path, round_out, log_dir, force=force)
+            history.append({"round": r, "mean_score_all": sum(scores) / len(scores),
+                            "mean_score_best": sum(s for *_, s in best) / max(len(best), 1), **m})
+            current = str(round_out)
     metrics = {**history[-1], "rounds": cfg.rounds, "seconds": time.time() - start}
     if distributed.is_main():
         model, tok = load_policy(current, trainable=False)  # re-saved as is, in its own dtype

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -81,6 +82,7 @@ from tiller.training import (
     set_seed,
     start_processes,
 )
+from tiller.vllm_rollout import RolloutServer, VLLMConfig, rollout_server
 
 ANSWERS_FILE = "curve-answers.jsonl"  # the answers of each evaluation point, for eval/ to judge
 
@@ -100,8 +102,10 @@ class PPOConfig:
     temperature: float = field(1.0, help="sampling temperature, > 0 (logprobs, KL and entropy use the same)")
     top_p: float = field(1.0, help="must be 1: PPO's ratio and KL are of the unfiltered distribution, so nucleus "
                                    "sampling would be off-policy (sampling for ranking and best-of-n may filter)")
-    sampler: Literal["loop", "hf"] = field("loop", help="rollout sampler: a static-cache decode loop that also "
-                                           "gives the old logprobs, or Hugging Face generate")
+    sampler: Literal["loop", "hf", "vllm"] = field("loop", help="rollout sampler: a static-cache decode loop that "
+                                                   "also gives the old logprobs, Hugging Face generate, or the vLLM "
+                                                   "rollout server (vllm.*; weights pushed after every update)")
+    vllm: VLLMConfig = field(default_factory=VLLMConfig, help="the rollout server of sampler=vllm")
     compile_sampler: bool = field(False, help="torch.compile the loop sampler's decode step (one-time cost)")
     max_new_tokens: int = field(40, help="longest response")
     kl_coef: float = field(0.02, help="initial KL penalty beta (InstructGPT: 0.02)")
@@ -156,6 +160,9 @@ class PPOConfig:
         if self.sharding == "fsdp" and self.lora.enabled:
             raise ConfigError("sharding=fsdp is for full fine-tuning: a LoRA run keeps its frozen base whole on each "
                               "process (use sharding=none)")
+        if self.sharding == "fsdp" and self.sampler == "vllm":
+            raise ConfigError("sampler=vllm with sharding=fsdp is not supported yet: the push would gather the "
+                              "whole policy on one process (use sampler=loop)")
         if self.sharding == "fsdp" and self.ema_decay:
             raise ConfigError("sharding=fsdp with ema_decay is not supported yet")
         if self.algo in ("rloo", "grpo") and self.group_size < 2:
@@ -436,43 +443,50 @@ def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Pat
     answers: list[dict] = state["answers"]
     metrics: dict[str, float] = {}
 
-    def evaluate_point(it: int) -> None:
+    rollout_dir = out.with_name(f".{out.name}.rollout")  # the engine's model and pushed weights (sampler=vllm)
+    servers = ExitStack()
+    server = (servers.enter_context(rollout_server(cfg.vllm, acc.unwrap_model(policy), tok, rollout_dir,
+                                                   f"after-{state['iteration']}")) if cfg.sampler == "vllm" else None)
+
+    def evaluate_point(it: int, version: str) -> None:
         if not eval_set:
             return
-        point, said = evaluation_point(acc.unwrap_model(policy), ref, tok, reward, eval_set, cfg, it)
+        point, said = evaluation_point(acc.unwrap_model(policy), ref, tok, reward, eval_set, cfg, it, server, version)
         curve.append({**point, "episodes": it * n_seq})
         answers.append(said)
         tracker.log({f"eval/{k_}": v for k_, v in point.items() if k_ != "iteration"}, it)
 
-    if state["iteration"] == 0 and not curve:
-        evaluate_point(0)
-    for it in range(state["iteration"], cfg.iterations):
-        beta = kl_ctl.value  # the coefficient this iteration's rewards use (logged before the controller moves)
-        exp, info = collect(cfg, acc, policy, ref, value_model, tok, reward, prompts, it, beta, score_stats, baseline)
-        t2 = time.time()
-        stats = train_epochs(cfg, acc, policy, opt, value_model, v_opt, exp, blocks, it, ema)
-        kl_ctl.update(info["objective/kl"], n_seq)  # on the mean summed KL of this batch (lm-human-preferences)
-        t3 = time.time()
-        for name in ("generation", "scoring"):
-            totals[name] += info[f"time/{name}"]
-        totals["training"] += t3 - t2
-        metrics = {**info, "objective/kl_coef": beta, "time/training": t3 - t2,
-                   "charts/episodes_per_s": n_seq / (info["time/generation"] + info["time/scoring"] + t3 - t2),
-                   **stats}
-        tracker.log(metrics, it + 1)
-        bar.update(1)
-        bar.set_postfix(score=f"{metrics['objective/score']:.2f}", kl=f"{metrics['objective/kl']:.2f}")
-        if cfg.eval_every and (it + 1) % cfg.eval_every == 0 and it + 1 < cfg.iterations:
-            evaluate_point(it + 1)
-        if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
-            ckpt.save({"iteration": it + 1, "curve": curve, "answers": answers, "fingerprint": fp})
-    bar.close()
-    final = acc.unwrap_model(policy)
-    if ema:
-        ema.copy_to(final)
-    evaluate_point(cfg.iterations)
-    if ema and curve and curve[-1]["iteration"] == cfg.iterations:  # the saved average, not the last weights
-        curve[-1]["ema"] = answers[-1]["ema"] = True
+    with servers:
+        if state["iteration"] == 0 and not curve:
+            evaluate_point(0, "after-0")
+        for it in range(state["iteration"], cfg.iterations):
+            beta = kl_ctl.value  # the coefficient this iteration's rewards use (logged before the controller moves)
+            exp, info = collect(cfg, acc, policy, ref, value_model, tok, reward, prompts, it, beta, score_stats, baseline,
+                                server)
+            t2 = time.time()
+            stats = train_epochs(cfg, acc, policy, opt, value_model, v_opt, exp, blocks, it, ema)
+            kl_ctl.update(info["objective/kl"], n_seq)  # on the mean summed KL of this batch (lm-human-preferences)
+            t3 = time.time()
+            for name in ("generation", "scoring"):
+                totals[name] += info[f"time/{name}"]
+            totals["training"] += t3 - t2
+            metrics = {**info, "objective/kl_coef": beta, "time/training": t3 - t2,
+                       "charts/episodes_per_s": n_seq / (info["time/generation"] + info["time/scoring"] + t3 - t2),
+                       **stats}
+            tracker.log(metrics, it + 1)
+            bar.update(1)
+            bar.set_postfix(score=f"{metrics['objective/score']:.2f}", kl=f"{metrics['objective/kl']:.2f}")
+            if cfg.eval_every and (it + 1) % cfg.eval_every == 0 and it + 1 < cfg.iterations:
+                evaluate_point(it + 1, f"after-{it + 1}")
+            if cfg.checkpoint_every and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
+                ckpt.save({"iteration": it + 1, "curve": curve, "answers": answers, "fingerprint": fp})
+        bar.close()
+        final = acc.unwrap_model(policy)
+        if ema:
+            ema.copy_to(final)
+        evaluate_point(cfg.iterations, f"after-{cfg.iterations}" + ("-ema" if ema else ""))
+        if ema and curve and curve[-1]["iteration"] == cfg.iterations:  # the saved average, not the last weights
+            curve[-1]["ema"] = answers[-1]["ema"] = True
     last_point = {f"eval/{k}": v for k, v in curve[-1].items()} if curve else {}
     result = {**metrics, **last_point}
     if cfg.iterations > state["iteration"]:
@@ -507,23 +521,29 @@ def answer_seeds(seed: Any, first: int, count: int) -> list[int]:
     return [hash((*seed, g)) % 2**62 for g in range(first, first + count)]  # ints hash alike in every process
 
 
-def sample_share(cfg: PPOConfig, policy, tok, prompts: list[Any], n: int, seed: tuple[int, ...], batch_size: int):
+def sample_share(cfg: PPOConfig, policy, tok, prompts: list[Any], n: int, seed: tuple[int, ...], batch_size: int,
+                 server: RolloutServer | None = None, version: str = ""):
     """This rank's block of ``prompts``, the index of its first prompt, and its ``n`` answers to each.
 
-    The loop sampler gives each answer its own seeded stream (:func:`answer_seeds`); Hugging Face generate
-    has one stream, seeded per rank."""
+    The loop sampler and the rollout server give each answer its own seeded stream (:func:`answer_seeds`);
+    Hugging Face generate has one stream, seeded per rank. With a rollout ``server``, ``policy``'s weights
+    are pushed to it first under the name ``version`` (once: a name it already holds is not pushed again)."""
     lo, hi = distributed.shard_bounds(len(prompts))
     seeds = None
-    if cfg.sampler == "loop":
+    if cfg.sampler in ("loop", "vllm"):
         seeds = answer_seeds(seed, lo * n, (hi - lo) * n)
     else:
         torch.manual_seed(hash((*seed, distributed.rank())) % 2**62)
-    ro = generate(policy, tok, prompts[lo:hi], n=n, batch_size=batch_size, row_seeds=seeds, **sampling(cfg))
+    if server is not None:
+        server.sync(policy, version)
+    ro = generate(policy, tok, prompts[lo:hi], n=n, batch_size=batch_size, row_seeds=seeds, server=server,
+                  **sampling(cfg))
     return prompts[lo:hi], lo, ro
 
 
 def evaluation_point(policy, ref, tok, reward: CompositeReward, eval_set: list[Any], cfg: PPOConfig,
-                     it: int) -> tuple[dict[str, float], dict[str, Any]]:
+                     it: int, server: RolloutServer | None = None, version: str = ""
+                     ) -> tuple[dict[str, float], dict[str, Any]]:
     """The reward and KL of the policy's answers to the held-out prompts (a point of the RM/KL curve), and
     the answers themselves (``{"iteration", "prompts", "answers"}``) for an outside judge. Each
     data-parallel rank answers its block of the prompts; every rank returns the whole point."""
@@ -531,7 +551,7 @@ def evaluation_point(policy, ref, tok, reward: CompositeReward, eval_set: list[A
     # sharded models whole for the point: ranks answer different numbers of prompts, so their forwards must
     # not be collectives
     with gathered(policy), gathered(ref):
-        mine, _, ro = sample_share(cfg, policy, tok, eval_set, 1, (cfg.seed, 7), cfg.rollout_batch)
+        mine, _, ro = sample_share(cfg, policy, tok, eval_set, 1, (cfg.seed, 7), cfg.rollout_batch, server, version)
         if ro.texts:
             b = build_sequences(ro.prompt_ids, ro.response_ids, tok.pad_token_id).to(next(policy.parameters()).device)
             lp, rlp, _ = score_tokens(policy, ref, None, b, cfg.temperature, ro.logprobs)
@@ -554,7 +574,8 @@ class Experience:
 
 
 def collect(cfg: PPOConfig, acc, policy, ref, value_model, tok, reward: CompositeReward, prompts: list[Any], it: int,
-            beta: float, score_stats: RunningMoments, baseline: MovingBaseline) -> tuple[Experience, dict[str, float]]:
+            beta: float, score_stats: RunningMoments, baseline: MovingBaseline, server: RolloutServer | None = None
+            ) -> tuple[Experience, dict[str, float]]:
     """Sample a rollout batch, score exactly the sampled tokens, and compute advantages; returns the
     experience and this step's metrics (score, KL, lengths, times). Under data parallelism each rank
     samples and scores its block of the batch; the scores are gathered so that every statistic that mixes
@@ -564,7 +585,7 @@ def collect(cfg: PPOConfig, acc, policy, ref, value_model, tok, reward: Composit
     batch_prompts = random.Random(f"{cfg.seed}-{it}").choices(prompts, k=cfg.rollout_batch)  # same on resume
     # 1. rollout: this rank's prompts, k answers each (a group never straddles two ranks)
     with gathered(acc.unwrap_model(policy)) as whole:  # sharded: whole weights once, not an all-gather per token
-        mine, lo, ro = sample_share(cfg, whole, tok, batch_prompts, k, (cfg.seed, it), n_seq)
+        mine, lo, ro = sample_share(cfg, whole, tok, batch_prompts, k, (cfg.seed, it), n_seq, server, f"after-{it}")
     rows = slice(lo * k, lo * k + len(ro.texts))
     t1 = time.time()
     # 2. score the sampled tokens, then gather every rank's scores

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from tiller.config import ConfigError, field
 from tiller.data import PromptRecord, SampleSet, read_records, write_jsonl
@@ -13,6 +15,7 @@ from tiller.models import load_policy
 from tiller.rollout import generate
 from tiller.runs import done_metrics, fingerprint, write_manifest
 from tiller.training import set_seed
+from tiller.vllm_rollout import RolloutServer, VLLMConfig, rollout_server
 
 
 @dataclass
@@ -29,6 +32,8 @@ class SampleConfig:
     mix_with: str = field("", help="a second policy that writes mix_k of the K answers (e.g. the SFT model, so "
                                    "comparisons contrast the newest policy with where it started)")
     mix_k: int = field(0, help="answers per prompt from mix_with (0..k-1)")
+    sampler: Literal["loop", "vllm"] = field("loop", help="the decode loop, or the vLLM rollout server (vllm.*)")
+    vllm: VLLMConfig = field(default_factory=VLLMConfig, help="the rollout server of sampler=vllm")
 
     def validate(self) -> None:
         if not 2 <= self.k <= 9:
@@ -57,13 +62,21 @@ def sample(cfg: SampleConfig, policy: str, prompts_path: Path, out: Path, force:
     answers: list[list[str]] = [[] for _ in records]
     ended: list[bool] = []
     n_tokens = 0
-    for who, n in sources:
-        model, tok = load_policy(who, trainable=False)
-        ro = generate(model, tok, [r.prompt for r in records], n=n, temperature=cfg.temperature, top_p=cfg.top_p,
-                      max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed, show_progress=True)
-        for i in range(len(records)):
-            answers[i] += ro.texts[i * n : (i + 1) * n]  # an empty answer is kept: it is what the model said
-        n_tokens, ended = n_tokens + sum(len(x) for x in ro.response_ids), ended + list(ro.ended)
+    server: RolloutServer | None = None
+    with ExitStack() as servers:
+        for who, n in sources:
+            model, tok = load_policy(who, trainable=False)
+            if cfg.sampler == "vllm":
+                if server is None:  # started from the first policy; the second is pushed to it
+                    server = servers.enter_context(rollout_server(cfg.vllm, model, tok,
+                                                                  out.with_name(f".{out.name}.rollout"), who))
+                server.sync(model, who)
+            ro = generate(model, tok, [r.prompt for r in records], n=n, temperature=cfg.temperature, top_p=cfg.top_p,
+                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed,
+                          show_progress=True, server=server)
+            for i in range(len(records)):
+                answers[i] += ro.texts[i * n : (i + 1) * n]  # an empty answer is kept: it is what the model said
+            n_tokens, ended = n_tokens + sum(len(x) for x in ro.response_ids), ended + list(ro.ended)
     sets = []
     for r, responses in zip(records, answers, strict=True):
         if cfg.dedupe and len(set(responses)) == 1:
