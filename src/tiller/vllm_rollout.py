@@ -134,8 +134,8 @@ class RolloutServer:
 
 
 def engine_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The weights an engine loads (``model`` unwrapped from DDP, not from peft): a plain model's state dict under Hugging Face's names, LoRA merged in,
-    contiguous. A tied weight (GPT-2's ``lm_head``) goes under both its names, as a copy (safetensors
+    """The weights an engine loads (``model`` unwrapped from DDP, not from peft): a plain model's state
+    dict under Hugging Face's names, LoRA merged in, contiguous. A tied weight (GPT-2's ``lm_head``) goes under both its names, as a copy (safetensors
     refuses shared storage): vLLM's in-place reload counts a layer that got no weights as failed."""
     if isinstance(model, PeftModel):
         model = merged_copy(model)
