@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -34,3 +40,25 @@ def run_command(cmd: list[str], cwd: Path, env: dict[str, str], wait: bool = Tru
     err = done.stderr if len(done.stderr) < 8000 else done.stderr[:4000] + "\n[...]\n" + done.stderr[-4000:]
     assert done.returncode == 0, done.stdout[-3000:] + err  # a rank's own error comes before torchrun's summary
     return done
+
+
+@contextmanager
+def live_server(app: Any) -> Iterator[str]:
+    """``app`` served by uvicorn on a free loopback port in a background thread; its URL."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))  # the port is ours from here on: no race with other test runs
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()

@@ -6,9 +6,6 @@ tokens: random, but its greedy tokens are checked against ``model.generate`` as 
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,25 +111,11 @@ def model_name() -> str:
 @pytest.fixture(scope="session")
 def server_url(engine: Any) -> Iterator[str]:
     """A real uvicorn server on a free loopback port, in a background thread, for the whole session."""
-    import uvicorn
-
+    from helpers import live_server  # tests/ is on the path (pytest's rootdir conftest)
     from tiller.serve.api import create_app
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))  # the port is ours from here on: no race with other test runs
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(engine), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    with live_server(create_app(engine)) as url:
+        yield url
 
 
 @pytest.fixture()

@@ -6,8 +6,9 @@ Routes stay thin; generation is the engine's. Every error leaves in OpenAI's sha
 
 from __future__ import annotations
 
+import hmac
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -35,7 +36,8 @@ from tiller.serve.schemas import (
     now,
 )
 
-router = APIRouter()
+v1 = APIRouter()
+router = APIRouter()  # /health stays open (load balancers probe it); /v1 routes check the API key
 
 
 class APIError(Exception):
@@ -55,8 +57,70 @@ def _error_response(err: APIError) -> JSONResponse:
     return JSONResponse(ErrorResponse(error=err.body).model_dump(), status_code=err.status)
 
 
+MAX_BODY = 1 << 20  # bytes of one request body: a long conversation is tens of kilobytes
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes is refused with 413 before anything parses it
+    (by its Content-Length, or, sent in chunks, as soon as the bytes read pass the limit), so a client
+    cannot make the server hold or tokenize megabytes."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._refuse(send)
+            return
+        seen, refused = 0, False
+
+        async def counted() -> Message:  # a chunked body: answered 413 the moment it passes the limit
+            nonlocal seen, refused
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit and not refused:
+                refused = True
+                await self._refuse(send)
+                return {"type": "http.disconnect"}  # the app stops reading; what it answers is dropped
+            return message
+
+        async def guarded(message: Message) -> None:
+            if not refused:
+                await send(message)
+
+        await self.app(scope, counted, guarded)
+
+    async def _refuse(self, send: Send) -> None:
+        body = ErrorResponse(error=ErrorBody(message=f"the request body is over {self.limit} bytes",
+                                             type="invalid_request_error", code="request_too_large"))
+        data = body.model_dump_json().encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
+
+
 def get_engine(request: Request) -> ChatEngine:
     return request.app.state.engine  # type: ignore[no-any-return]
+
+
+def check_api_key(request: Request) -> None:
+    """With API keys set, every /v1 route needs ``Authorization: Bearer KEY`` (what OpenAI clients send)."""
+    keys: list[str] = request.app.state.api_keys
+    if not keys:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not any(hmac.compare_digest(given.strip().encode(), k.encode()) for k in keys):
+        raise APIError(401, "Incorrect or missing API key: send `Authorization: Bearer KEY` (the server's "
+                       "--api-key / TILLER_API_KEY)", code="invalid_api_key")
 
 
 def _check_model(engine: ChatEngine, model: str) -> None:
@@ -97,7 +161,9 @@ def _usage_out(prompt_tokens: int, completion_tokens: int) -> UsageOut:
     )
 
 
-def _drain(generation: Generation) -> Generation:
+def _start_and_drain(engine: ChatEngine, req: ChatCompletionRequest, default_max_tokens: int, index: int) -> Generation:
+    """One whole answer, tokenizing included (a worker thread's job: never the event loop's)."""
+    generation = _start(engine, req, default_max_tokens, index)
     for _ in generation:
         pass
     return generation
@@ -132,7 +198,7 @@ async def _sse(generation: Generation, model: str, include_usage: bool) -> Async
         generation.close()  # a client that left early frees the engine's lock now
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion)
+@v1.post("/v1/chat/completions", response_model=ChatCompletion)
 async def chat_completions(
     req: ChatCompletionRequest, request: Request, engine: ChatEngine = Depends(get_engine)
 ) -> Any:
@@ -141,14 +207,15 @@ async def chat_completions(
     if req.stream:
         if req.n != 1:
             raise APIError(400, "n > 1 is not supported with stream", param="n")
-        generation = _start(engine, req, default_max_tokens, 0)
+        # tokenizing a long prompt takes a while: off the event loop, as generation is
+        generation = await run_in_threadpool(_start, engine, req, default_max_tokens, 0)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(
             _sse(generation, engine.model_name, include_usage), media_type="text/event-stream"
         )
     choices, prompt_tokens, completion_tokens = [], 0, 0
     for i in range(req.n):
-        done = await run_in_threadpool(_drain, _start(engine, req, default_max_tokens, i))
+        done = await run_in_threadpool(_start_and_drain, engine, req, default_max_tokens, i)
         assert done.usage is not None
         choices.append(
             Choice(
@@ -168,12 +235,12 @@ async def chat_completions(
     )
 
 
-@router.get("/v1/models", response_model=ModelList)
+@v1.get("/v1/models", response_model=ModelList)
 def list_models(request: Request, engine: ChatEngine = Depends(get_engine)) -> ModelList:
     return ModelList(data=[ModelCard(id=engine.model_name, created=request.app.state.started)])
 
 
-@router.get("/v1/models/{model:path}", response_model=ModelCard)
+@v1.get("/v1/models/{model:path}", response_model=ModelCard)
 def get_model(model: str, request: Request, engine: ChatEngine = Depends(get_engine)) -> ModelCard:
     _check_model(engine, model)
     return ModelCard(id=engine.model_name, created=request.app.state.started)
@@ -205,14 +272,19 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return _error_response(APIError(exc.status_code, str(exc.detail), type=kind))
 
 
-def create_app(engine: ChatEngine, default_max_tokens: int = 512) -> FastAPI:
-    """The server app; ``default_max_tokens`` caps answers when a request gives no ``max_tokens``."""
+def create_app(engine: ChatEngine, default_max_tokens: int = 512, api_keys: list[str] | None = None,
+               max_body: int = MAX_BODY) -> FastAPI:
+    """The server app; ``default_max_tokens`` caps answers when a request gives no ``max_tokens``;
+    ``api_keys``: if any, the keys a client must send; ``max_body``: the largest request body in bytes."""
     app = FastAPI(title="tiller", summary="OpenAI-compatible chat API for a tiller model")
     app.state.engine = engine
     app.state.default_max_tokens = default_max_tokens
+    app.state.api_keys = [k for k in api_keys or [] if k]
+    app.add_middleware(BodyLimit, limit=max_body)
     app.state.started = now()
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.include_router(router)
+    app.include_router(v1, dependencies=[Depends(check_api_key)])
     return app

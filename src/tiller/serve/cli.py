@@ -22,6 +22,16 @@ def serve_cmd(
     model_name: Annotated[
         str | None, typer.Option(help="Model id clients send as `model`; default: the --model value.")
     ] = None,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--api-key",
+            envvar="TILLER_API_KEY",
+            help="A key clients must send as `Authorization: Bearer KEY` (repeatable; or TILLER_API_KEY). "
+            "Without one, anyone who reaches the port can use the model: set one before --host 0.0.0.0.",
+        ),
+    ] = None,
+    max_body: Annotated[int, typer.Option(help="Largest request body in bytes (413 above it).")] = 1 << 20,
 ) -> None:
     """Serve POST /v1/chat/completions, GET /v1/models and GET /health until interrupted."""
     import uvicorn
@@ -37,4 +47,4 @@ def serve_cmd(
         typer.echo(f"error: cannot load model {model!r}: {first_line}", err=True)
         raise typer.Exit(2) from e
     typer.echo(f"serving {engine.model_name!r} on http://{host}:{port}/v1 (device {engine.device})", err=True)
-    uvicorn.run(create_app(engine), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(engine, api_keys=api_key, max_body=max_body), host=host, port=port, log_level="info")

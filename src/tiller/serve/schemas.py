@@ -44,7 +44,7 @@ class ChatCompletionRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)  # None: the engine's default
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=16)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, lt=2**63)  # OpenAI's is an int64; torch takes < 2**64
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
