@@ -116,6 +116,12 @@ def pick_next(logits: torch.Tensor, temperature: float, top_p: float,
     return nxt, logp
 
 
+def answer_seeds(seed: tuple[int, ...], first: int, count: int) -> list[int]:
+    """One sampling seed per answer (:func:`row_generators`, or a rollout server's per-request seed) from
+    its index in the whole batch, so an answer is the same whichever data-parallel rank samples it."""
+    return [hash((*seed, g)) % 2**62 for g in range(first, first + count)]  # ints hash alike in every process
+
+
 def row_generators(seeds: list[int], device: torch.device | str) -> list[torch.Generator]:
     """One random stream per answer. An answer's tokens then depend on its own seed and not on which batch,
     chunk or process it was sampled in, so a rollout split over N data-parallel ranks samples exactly
@@ -296,7 +302,7 @@ def generate(
     device = next(model.parameters()).device
     stop_tensor = torch.tensor(stop_list, device=device)
     if server is not None and row_seeds is None and seed is not None:
-        row_seeds = [hash((seed, g)) % 2**62 for g in range(len(flat))]
+        row_seeds = answer_seeds((seed,), 0, len(flat))
     if row_seeds is not None:
         if backend != "loop" and server is None:
             raise ValueError("row_seeds need the loop sampler: Hugging Face generate draws from one stream")

@@ -133,12 +133,16 @@ class RolloutServer:
         return ids
 
 
+def engine_model(model: nn.Module) -> nn.Module:
+    """What the engine runs: a peft model with its adapter merged into a copy, any other model as it is."""
+    return merged_copy(model) if isinstance(model, PeftModel) else model
+
+
 def engine_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The weights an engine loads (``model`` unwrapped from DDP, not from peft): a plain model's state
     dict under Hugging Face's names, LoRA merged in, contiguous. A tied weight (GPT-2's ``lm_head``) goes under both its names, as a copy (safetensors
     refuses shared storage): vLLM's in-place reload counts a layer that got no weights as failed."""
-    if isinstance(model, PeftModel):
-        model = merged_copy(model)
+    model = engine_model(model)
     out: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for name, t in model.state_dict().items():
@@ -204,8 +208,7 @@ def rollout_server(cfg: VLLMConfig, model: nn.Module, tok: Any, work: Path, vers
         return
     if distributed.is_main():
         folder = work / "engine-model"
-        plain = merged_copy(model) if isinstance(model, PeftModel) else model
-        plain.save_pretrained(folder)  # type: ignore[operator]
+        engine_model(model).save_pretrained(folder)  # type: ignore[operator]
         tok.save_pretrained(folder)
         with start_server(folder, cfg, work / "rollout-server.log", version) as server:
             server.folder = work

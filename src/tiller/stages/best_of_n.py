@@ -18,7 +18,7 @@ from tiller import distributed
 from tiller.config import ConfigError, field
 from tiller.data import Demonstration, read_records, write_jsonl
 from tiller.models import load_policy, load_tokenizer
-from tiller.rollout import generate
+from tiller.rollout import answer_seeds, generate
 from tiller.runs import atomic_dir, done_metrics, fingerprint, write_manifest
 from tiller.scoring import CompositeReward, RewardSource
 from tiller.stages.sft import SFTConfig, sft
@@ -92,7 +92,7 @@ def best_of_n(cfg: BoNConfig, policy_path: str, prompts_path: Path, out: Path, l
                     server = servers.enter_context(rollout_server(cfg.vllm, model, tok, work / "rollout", current))
                 server.sync(model, current)
             lo, hi = distributed.shard_bounds(len(prompts))
-            seeds = [hash((cfg.seed, r, g)) % 2**62 for g in range(lo * cfg.k, hi * cfg.k)]
+            seeds = answer_seeds((cfg.seed, r), lo * cfg.k, (hi - lo) * cfg.k)
             ro = generate(model, tok, prompts[lo:hi], n=cfg.k, temperature=cfg.temperature,
                           max_new_tokens=cfg.max_new_tokens, row_seeds=seeds, show_progress=True, server=server)
             mine = reward.score([p for p in prompts[lo:hi] for _ in range(cfg.k)], ro.texts, ro.ended,

@@ -64,7 +64,7 @@ from tiller.rl import (
     value_forward,
     whiten_across_ranks,
 )
-from tiller.rollout import generate
+from tiller.rollout import answer_seeds, generate
 from tiller.runs import atomic_dir, done_metrics, fingerprint, write_manifest
 from tiller.scoring import CompositeReward, RewardSource
 from tiller.sharding import Checkpoint, clip_grad_norm_, full_state_dict, gathered, shard
@@ -513,12 +513,6 @@ def train_ppo(cfg: PPOConfig, policy_path: str, ref_path: str, prompts_path: Pat
                            inputs={k_: str(v) for k_, v in inputs.items()})
     ckpt.clear()  # every rank: it waits for the main process to have written
     return result
-
-
-def answer_seeds(seed: Any, first: int, count: int) -> list[int]:
-    """One sampling seed per answer (``tiller.rollout.row_generators``) from its index in the whole batch, so
-    an answer is the same whichever data-parallel rank samples it. ``seed`` is any tuple of ints."""
-    return [hash((*seed, g)) % 2**62 for g in range(first, first + count)]  # ints hash alike in every process
 
 
 def sample_share(cfg: PPOConfig, policy, tok, prompts: list[Any], n: int, seed: tuple[int, ...], batch_size: int,
