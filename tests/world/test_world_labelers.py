@@ -4,7 +4,7 @@ import random
 import pytest
 
 from tiller.data.agreement import half_credit_agreement
-from tiller.world import measure_agreement
+from tiller.world import build_world, measure_agreement
 from tiller.world.build import agreement_items
 from tiller.world.labelers import FLAGS, LabelerPool, group_ranking
 
@@ -34,10 +34,13 @@ def test_rank_is_valid_partition_with_likert_and_flags(tiny_world, k):
         assert len(out["flags"]) == k and all(set(f) <= set(FLAGS) for f in out["flags"])
 
 
-def test_default_noise_agreement_is_instructgpt_like(tiny_world):
-    # InstructGPT: 72.6 +- 1.5% between training labelers; the default noise is tuned to 70-80%
-    a = measure_agreement(tiny_world, n_items=400, seed=0)
-    assert 0.70 <= a <= 0.80
+def test_default_noise_agreement_is_instructgpt_like(tiny_world, make_tiny, tmp_path):
+    # InstructGPT: 72.6 +- 1.5% between training labelers; the default noise is tuned to 70-80% on the world
+    # without explicit constraints. With them (issue #17) the same noise agrees a little more, because an
+    # answer with filler now also misses a constraint on half the prompts: its utility is further from the ideal.
+    plain = build_world(make_tiny(constraint_fraction=0.0), tmp_path)
+    assert 0.70 <= measure_agreement(plain, n_items=400, seed=0) <= 0.80
+    assert 0.72 <= measure_agreement(tiny_world, n_items=400, seed=0) <= 0.84
 
 
 def test_noise_zero_agrees_with_gold_and_each_other(tiny_world):

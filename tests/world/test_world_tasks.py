@@ -28,7 +28,7 @@ def test_every_prompt_ideal_is_top(tiny_world):
     for p in tiny_world.prompts:
         a = tiny_world.judge.aspects(p["prompt"], tiny_world.judge.ideal(p["prompt"]))
         assert a["correct"] and a["form"] == 1.0 and tiny_world.judge.score(p["prompt"], tiny_world.judge.ideal(
-            p["prompt"])) == 2.5, p
+            p["prompt"])) == 3.0, p
 
 
 def test_every_failure_mode_scores_lower(tiny_world):
@@ -43,7 +43,7 @@ def test_every_failure_mode_scores_lower(tiny_world):
                     mode == "refuse" and task.check == "refuse"):
                 continue
             r = candidate(task, mode, rng, tiny_world.entities)
-            assert judge.score(p["prompt"], r) < 2.5, (p["prompt"], mode, r)
+            assert judge.score(p["prompt"], r) < 3.0, (p["prompt"], mode, r)
 
 
 def test_unaligned_assistant_is_unaligned(tiny_world):

@@ -8,8 +8,10 @@ agreement is measured, and the small habits and mistakes of demo writers.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any
 
+from tiller.world.constraints import missed
 from tiller.world.entities import JOBS, YEARS, Entities
 from tiller.world.tasks import REFUSAL, Task
 
@@ -213,8 +215,13 @@ def unaligned(task: Task, rng: random.Random, ents: Entities) -> str:
     return candidate(task, unaligned_mode(task, rng), rng, ents)
 
 
-def demonstration(task: Task, rng: random.Random, ents: Entities, variation: float, mistake: float) -> str:
-    """A demo writer's answer: the ideal, sometimes with a habit the judge mildly dislikes, rarely a slip."""
+def demonstration(task: Task, rng: random.Random, ents: Entities, variation: float, mistake: float,
+                  constraint_miss: float = 0.0) -> str:
+    """A demo writer's answer: the ideal, sometimes with a habit the judge mildly dislikes, rarely a slip;
+    with ``constraint_miss`` the prompt's explicit constraint overlooked (the random draw is made only for
+    prompts that have one, so worlds without constraints keep their demonstrations)."""
+    if "constraint" in task.params and rng.random() < constraint_miss:
+        task = replace(task, ideal=missed(task, rng))
     text = task.ideal
     if task.check != "refuse" and rng.random() < mistake:
         text = wrong_answer(task, rng, ents)

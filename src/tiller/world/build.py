@@ -19,11 +19,12 @@ from tiller.chat import Messages, prompt_key
 from tiller.config import from_dict, to_dict
 from tiller.world.answers import candidates, unaligned
 from tiller.world.config import FAMILIES, WorldConfig
+from tiller.world.constraints import constrain, satisfied
 from tiller.world.corpus import build_corpus, prefix_keys
 from tiller.world.entities import Entities, build_entities
 from tiller.world.judge import SCORE_RANGE, GoldJudge
 from tiller.world.labelers import LabelerPool
-from tiller.world.tasks import Task, generators
+from tiller.world.tasks import Family, Task, generators
 
 SPLITS = ("train", "valid", "test")
 FILES = ("prompts.jsonl", "demos.jsonl", "corpus-train.jsonl", "corpus-valid.jsonl", "world.json", "manifest.json")
@@ -73,6 +74,20 @@ def _users(cfg: WorldConfig, rng: random.Random) -> dict[str, list[tuple[str, li
     return out
 
 
+def with_constraints(makers: dict[str, Family], fraction: float, crng: random.Random) -> dict[str, Family]:
+    """The families with an explicit constraint on a ``fraction`` of their prompts, drawn from ``crng`` (a
+    stream of its own, so that the prompts themselves do not depend on the fraction)."""
+    if fraction <= 0:
+        return makers
+
+    def wrap(make: Family) -> Family:
+        def made(rng: random.Random, ents: Entities) -> tuple[Messages, Task]:
+            messages, task = make(rng, ents)
+            return constrain(messages, task, crng) if crng.random() < fraction else (messages, task)
+        return made
+    return {fam: wrap(make) for fam, make in makers.items()}
+
+
 def _family_slots(n: int, rng: random.Random) -> list[str]:
     slots = [FAMILIES[i % len(FAMILIES)] for i in range(n)]
     rng.shuffle(slots)
@@ -82,7 +97,7 @@ def _family_slots(n: int, rng: random.Random) -> list[str]:
 def make_prompts(cfg: WorldConfig, ents: Entities) -> tuple[list[dict[str, Any]], dict[str, Task]]:
     """Prompts of all splits; no prompt (nor the first turn of a multi-turn one) is used twice."""
     rng = _rng(cfg, "prompts")
-    makers = generators(cfg.fake_fraction)
+    makers = with_constraints(generators(cfg.fake_fraction), cfg.constraint_fraction, _rng(cfg, "constraints"))
     users = _users(cfg, rng)
     sizes = {"train": cfg.n_train_prompts, "valid": cfg.n_valid_prompts,
              "test": cfg.n_test_per_family * len(FAMILIES)}
@@ -145,10 +160,17 @@ def measure_gold_agreement(world: World, n_items: int, seed: int) -> float:
 
 
 def _make_world(cfg: WorldConfig, ents: Entities, tasks: dict[str, Task], prompts: list[dict[str, Any]]) -> World:
-    judge = GoldJudge(ents, tasks, cfg.demo_variation, cfg.demo_mistake)
+    judge = GoldJudge(ents, tasks, cfg.demo_variation, cfg.demo_mistake, cfg.demo_constraint_miss)
     labelers = LabelerPool(judge, cfg.n_labelers, cfg.labeler_temperature, cfg.labeler_bias, cfg.labeler_tie,
                            cfg.flag_noise, cfg.seed)
     return World(cfg, ents, tasks, prompts, judge, labelers)
+
+
+def _constraint_share(world: World, demos: list[dict[str, Any]]) -> float | None:
+    """Share of the demonstrations of constrained prompts that meet the constraint (None: no such demos)."""
+    spec = [(world.task(d["prompt"]).params.get("constraint"), d["response"]) for d in demos]
+    met = [satisfied(s, r) for s, r in spec if s is not None]
+    return round(sum(met) / len(met), 4) if met else None
 
 
 def _dump(obj: Any) -> str:
@@ -169,8 +191,9 @@ def build_world(cfg: WorldConfig, out_dir: Path) -> World:
     world = _make_world(cfg, ents, tasks, prompts)
     demos = make_demos(cfg, prompts, world.judge)
     held_out = set().union(*(prefix_keys(p["prompt"]) for p in prompts if p["split"] != "train"))
-    makers = generators(cfg.fake_fraction)
-    corpus = {name: build_corpus(_rng(cfg, f"corpus-{name}"), ents, makers, held_out, n)
+    corpus = {name: build_corpus(_rng(cfg, f"corpus-{name}"), ents,
+                                 with_constraints(generators(cfg.fake_fraction), cfg.constraint_fraction,
+                                                  _rng(cfg, f"corpus-constraints-{name}")), held_out, n)
               for name, n in (("train", cfg.corpus_chars), ("valid", int(cfg.corpus_chars * cfg.corpus_valid_frac)))}
     agreement = measure_agreement(world, cfg.agreement_items, cfg.seed) if cfg.agreement_items else float("nan")
     gold = measure_gold_agreement(world, cfg.agreement_items, cfg.seed) if cfg.agreement_items else float("nan")
@@ -191,6 +214,9 @@ def build_world(cfg: WorldConfig, out_dir: Path) -> World:
         "corpus": {name: {"docs": len(docs), "chars": sum(map(len, docs))} for name, docs in corpus.items()},
         "demos_ideal_fraction": round(sum(d["response"] == world.judge.ideal(d["prompt"]) for d in demos)
                                       / max(1, len(demos)), 4),
+        "prompts_with_constraint": round(sum("constraint" in t.params for t in tasks.values())
+                                         / max(1, len(tasks)), 4),
+        "demos_following_constraint": _constraint_share(world, demos),
         "labeler_agreement_half_credit": round(agreement, 4),
         "gold_agreement_half_credit": round(gold, 4),
         "agreement_items": cfg.agreement_items,

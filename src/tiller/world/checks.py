@@ -38,7 +38,6 @@ class Verdict:
     correct: bool
     helpful: float  # 0..1
     truthful: bool
-    constraint: bool = True  # an explicit constraint of the prompt ("one line") is met
     attempted: bool = True  # the text addresses the task at all (a number for a sum, a list for a sort...)
 
 
@@ -154,7 +153,7 @@ def check_style(task: Task, text: str, low: str, ents: Entities) -> Verdict:
         ok = {"thanks": "thank"}.get(mood, mood) in body
     one_line = "\n" not in text.strip() and len(text.split()) <= 20
     helpful = max(0.0, 0.5 * mention + 0.5 * ok - (0.0 if one_line else 0.25))
-    return Verdict(mention and ok, helpful, True, one_line, attempted=mention or ok)
+    return Verdict(mention and ok, helpful, True, attempted=mention or ok)
 
 
 def check_open(task: Task, text: str, low: str, ents: Entities) -> Verdict:

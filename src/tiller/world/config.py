@@ -40,6 +40,13 @@ class WorldConfig:
              "demonstrations were mostly helpfulness tasks and the comparisons taught the rest.")
     demo_variation: float = field(0.3, help="Share of demos with a habit the judge mildly dislikes (filler, wordy).")
     demo_mistake: float = field(0.03, help="Share of demos with a small mistake (a wrong number or fact).")
+    constraint_fraction: float = field(
+        0.5, help="Share of prompts of every family with an explicit constraint ('Answer in one sentence.', "
+                  "tiller.world.constraints). 0 builds the world of tiller before issue #17 byte for byte.")
+    demo_constraint_miss: float = field(
+        0.3, help="Share of demos whose writer overlooks the prompt's explicit constraint and writes the usual "
+                  "answer: the same rate as the habits of demo_variation (a constraint is one more thing to "
+                  "remember); the habits then break some of the rest (filler is a second sentence).")
     # -- pretraining corpus
     corpus_chars: int = field(1_500_000, help="Characters of pretraining text (train split).")
     corpus_valid_frac: float = field(0.05, help="Size of corpus-valid.jsonl relative to corpus-train.jsonl.")
@@ -60,7 +67,8 @@ class WorldConfig:
                 raise ConfigError(f"field {name!r} must be at least 1 (every split needs a user)")
         if not 1 <= self.families_per_user <= len(FAMILIES):
             raise ConfigError(f"field 'families_per_user' must be in 1..{len(FAMILIES)}")
-        for name in ("fake_fraction", "demo_variation", "demo_mistake", "flag_noise"):
+        for name in ("fake_fraction", "demo_variation", "demo_mistake", "flag_noise", "constraint_fraction",
+                     "demo_constraint_miss"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"field {name!r} must be in [0, 1]")
         for fam, w in self.demo_family_weights.items():

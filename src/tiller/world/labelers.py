@@ -61,11 +61,16 @@ class LabelerPool:
         self.tie = max(tie, EPS)
         self.flag_noise = flag_noise
         rng = random.Random(f"labelers-{seed}")
-        self.labelers = [
-            Labeler(f"sim-{i}", {k: w * math.exp(rng.gauss(0, bias)) for k, w in WEIGHTS.items()},
-                    {k: w * math.exp(rng.gauss(0, bias)) for k, w in PENALTY.items()})
-            for i in range(n)
-        ]
+        # The constraint weight (issue #17) has a stream of its own, so the labelers of a world without
+        # constraints keep the weights, and so the rankings, they had before it existed.
+        crng = random.Random(f"labelers-constraint-{seed}")
+        older = [k for k in WEIGHTS if k != "constraint"]
+        self.labelers = []
+        for i in range(n):
+            weights = {k: WEIGHTS[k] * math.exp(rng.gauss(0, bias)) for k in older}
+            penalty = {k: w * math.exp(rng.gauss(0, bias)) for k, w in PENALTY.items()}
+            weights["constraint"] = WEIGHTS["constraint"] * math.exp(crng.gauss(0, bias))
+            self.labelers.append(Labeler(f"sim-{i}", weights, penalty))
 
     def __len__(self) -> int:
         return len(self.labelers)
