@@ -75,7 +75,7 @@ def constrain(messages: Messages, task: Task, rng: random.Random) -> tuple[Messa
     ``task.params["constraint"]`` holds what the judge checks, ``task.params["unconstrained"]`` the ideal
     without the constraint (what a writer who misses the constraint writes)."""
     kind = rng.choice(applicable(task))
-    ideal, spec = task.ideal, {"kind": kind}
+    ideal, spec = task.ideal, dict[str, Any](kind=kind)
     if kind == "words":
         bare = bare_answer(task)
         spec["max_words"] = len(bare.split()) + (0 if task.check == "refuse" else 1)
