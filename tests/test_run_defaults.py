@@ -46,3 +46,14 @@ def test_tiller_run_without_config_resolves_to_the_default_yaml(monkeypatch, tmp
     assert result.exit_code == 0, result.output
     assert to_dict(seen[0]) == to_dict(load_config(RunConfig, DEFAULT_YAML))
     assert seen[0].pretrain.arch == "llama" and seen[0].rounds == 3  # what the README promises
+
+
+def test_run_seed_offsets_every_stage_seed_but_not_the_world_or_evaluation():
+    from tiller.pipeline import seeded
+
+    base = RunConfig()
+    assert seeded(base) is base  # seed 0: the stages' configs, and so their fingerprints, are unchanged
+    s2 = seeded(RunConfig(seed=2))
+    for stage in ("pretrain", "sft", "sample", "label", "rm", "ppo", "bon"):
+        assert getattr(s2, stage).seed == getattr(base, stage).seed + 2000, stage
+    assert s2.world == base.world and s2.eval == base.eval

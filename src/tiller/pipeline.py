@@ -52,6 +52,11 @@ class RunConfig:
     configs keep their own, general defaults for ``tiller pretrain``, ``tiller ppo`` and the others."""
 
     rounds: int = field(3, help="rounds of sample -> label -> rm -> rl (InstructGPT iterates steps 2-3)")
+    seed: int = field(
+        0, help="seed of the run: 1000 * seed is added to every stage's own seed (pretraining, SFT, sampling, "
+                "labelers, RMs, RL, best-of-n), so runs with different seeds are independent draws of the same "
+                "loop; the world (world.seed) and the evaluation prompts and sampling (eval.seed) stay, so their "
+                "win rates are measured on the same test set")
     base_model: str = field("", help="start from this HF model (folder or hub name) instead of pretraining one")
     arms: list[str] = field(default_factory=lambda: ["ppo-noptx", "bon"], help="comparison arms trained in round 1")
     later_round_iterations: int = field(0, help="RL iterations in rounds after the first (0: as round 1)")
@@ -108,6 +113,18 @@ class Timer:
         return out
 
 
+def seeded(cfg: RunConfig) -> RunConfig:
+    """The stage configs with the run's seed offset added (``seed: 0`` changes nothing, so the stages of
+    runs made before the field existed keep their fingerprints)."""
+    if not cfg.seed:
+        return cfg
+    off = 1000 * cfg.seed
+    return replace(cfg, seed=0, pretrain=replace(cfg.pretrain, seed=cfg.pretrain.seed + off),
+                   sft=replace(cfg.sft, seed=cfg.sft.seed + off), sample=replace(cfg.sample, seed=cfg.sample.seed + off),
+                   label=replace(cfg.label, seed=cfg.label.seed + off), rm=replace(cfg.rm, seed=cfg.rm.seed + off),
+                   ppo=replace(cfg.ppo, seed=cfg.ppo.seed + off), bon=replace(cfg.bon, seed=cfg.bon.seed + off))
+
+
 def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
     """Run (or resume) the whole loop in ``rd``; returns the report's path."""
     from tiller.world import build_world, load_world
@@ -116,6 +133,7 @@ def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
     rd.mkdir(parents=True, exist_ok=True)
     clean_stale(rd)
     atomic_write_text(rd / "run-config.json", json.dumps(to_dict(cfg), indent=2))
+    cfg = seeded(cfg)
     timer = Timer()
     wd, logs, data = rd / "world", rd / "logs", rd / "data"
     manifest = wd / "manifest.json"
