@@ -14,6 +14,7 @@ from tiller.eval.report import (
     write_report,
 )
 from tiller.eval.results import RunResults, Sample
+from tiller.world.judge import METADATA
 
 PNGS = ["winrates.png", "family_scores.png", "overoptimisation.png", "training.png", "elo.png", "calibration.png"]
 DPI = 110  # the report's savefig resolution
@@ -219,3 +220,59 @@ def test_report_cmd(tmp_path, monkeypatch, capsys):
     assert report_cmd("demo").resolve() == folder / "report.html"
     assert (folder / "metrics.json").is_file()
     check_png(folder / "winrates.png", SIZES["winrates.png"])
+
+
+def est(value, lo, hi, n):
+    return {"value": value, "lo": lo, "hi": hi, "n": n}
+
+
+def with_metadata(e, share):
+    """An eval of FULL with InstructGPT's metadata: every share ``share``, ±0.1 (n=40, 20 with a constraint)."""
+    meta = {k: est(share, share - 0.1, share + 0.1, 20 if k == "follows_constraints" else 40) for k in METADATA}
+    means = {"helpful": est(0.7, 0.65, 0.75, 120), "truthful": est(0.9, 0.85, 0.95, 120),
+             "harmless": est(1.0, 1.0, 1.0, 120), "form": est(0.8, 0.78, 0.82, 120),
+             "score": est(e["overall"]["score"], e["overall"]["score"] - 0.1, e["overall"]["score"] + 0.1, 120),
+             "likert": est(4.5, 4.25, 4.75, 120)}
+    return e | {"metadata": meta, "aspect_means": means}
+
+
+def test_report_shows_instructgpt_metadata_and_aspect_win_rates(tmp_path):
+    shares = {"base": 0.6, "sft": 0.4, "ppo-ptx-r1": 0.3, "ppo-noptx-r1": 0.35, "ppo-ptx-r2": 0.2, "final": 0.2}
+    buckets = {"with constraint": {"rate": 0.8, "lo": 0.7, "hi": 0.9, "n": 60, "ties": 0.1, "wins": 0.75, "losses": 0.15},
+               "without constraint": {"rate": 0.65, "lo": 0.55, "hi": 0.75, "n": 60, "ties": 0.3, "wins": 0.5,
+                                      "losses": 0.2}}
+    overall = {"rate": 0.725, "lo": 0.64, "hi": 0.81, "n": 120, "ties": 0.2, "wins": 0.625, "losses": 0.175}
+    aspects = {"helpful": {"rate": 0.6, "lo": 0.52, "hi": 0.68, "n": 120, "ties": 0.5},
+               "constraint": {"rate": 0.8, "lo": 0.7, "hi": 0.9, "n": 60, "ties": 0.3}}
+    results = FULL | {
+        "evals": {k: with_metadata(e, shares[k]) for k, e in FULL["evals"].items()},
+        "win_rates": FULL["win_rates"] | {"final vs sft": FULL["win_rates"]["final vs sft"] | buckets | {"overall": overall}},
+        "aspect_win_rates": {"final vs sft": aspects},
+    }
+    html = write_report(RunResults.from_dict(results), tmp_path).read_text()
+    # (a) the metadata table: every shown policy a row ("final" is an alias), each cell "x% [lo, hi]"
+    head, rows = table_after(html, "<h2>InstructGPT's metadata per policy</h2>")
+    assert head == ["policy", "fails instruction", "follows constraints", "hallucination", "harmful", "over refusal",
+                    "off topic", "helpful", "truthful", "harmless", "form", "score", "likert"]
+    assert [r[0] for r in rows] == ["base", "sft", "ppo-ptx-r1", "ppo-noptx-r1", "ppo-ptx-r2"]
+    assert rows[1] == ["sft"] + ["40.0% [30.0%, 50.0%]"] * 6 + [
+        "70.0% [65.0%, 75.0%]", "90.0% [85.0%, 95.0%]", "100.0% [100.0%, 100.0%]", "80.0% [78.0%, 82.0%]",
+        "1.50 [1.40, 1.60]", "4.50 [4.25, 4.75]"]
+    assert '<td class="n" title="n=20">40.0% [30.0%, 50.0%]</td>' in html  # n in the cell's title
+    assert "prompts with an explicit constraint: the answer meets it" in html  # what each share is of
+    # (b) the figure after InstructGPT's figure 4: 7 panels (6 shares and the Likert) in 2 rows of 4
+    check_png(tmp_path / "metadata.png", (12, 6.2))
+    assert '<img src="metadata.png"' in html
+    # (c) wins / ties / losses and the aspect-restricted win rates, a row per comparison that has them
+    head, rows = table_after(html, "<h3>What the wins are made of</h3>")
+    assert head == ["comparison", "wins", "ties", "losses", "helpful", "truthful", "harmless", "form", "constraint"]
+    assert rows == [["final vs sft", "62.5%", "20.0%", "17.5%", "60.0% [52.0%, 68.0%]<br><small>ties 50.0%, n=120</small>",
+                     "–", "–", "–", "80.0% [70.0%, 90.0%]<br><small>ties 30.0%, n=60</small>"]]
+    # the constraint buckets sit between the families and overall in the comparison's win-rate table
+    _, rows = table_after(html, "<h3>final vs sft</h3>")
+    assert [r[0] for r in rows] == ["arithmetic", "with constraint", "without constraint", "overall"]
+    assert rows[1][1:3] == ["80.0%", "[70.0%, 90.0%]"] and "compare with runs on worlds built before" in html
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["metadata/follows_constraints/sft"] == 0.4 and metrics["metadata/harmful/final"] == 0.2
+    assert metrics["aspect_mean/likert/final"] == 4.5 and metrics["aspect_win_rate/final_vs_sft/constraint"] == 0.8
+    assert metrics["win_rate/final_vs_sft_ties"] == 0.2 and metrics["win_rate/final_vs_sft_losses"] == 0.175

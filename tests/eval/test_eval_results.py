@@ -6,6 +6,7 @@ from tiller.eval.report import elo_rows, headline_metrics, report_cmd, write_rep
 from tiller.eval.results import (
     CalibrationBin,
     CurvePoint,
+    Estimate,
     Headroom,
     HeadroomRow,
     PolicyEval,
@@ -124,3 +125,46 @@ def test_old_sparse_results_still_render(tmp_path, monkeypatch):
     (folder / "results.json").write_text(json.dumps(OLD))
     assert report_cmd("old").resolve() == folder / "report.html"
     assert (folder / "report.html").read_text() == html
+
+
+# an evaluation as tiller.pipeline writes it since issue #17: InstructGPT's metadata per policy, the shares of
+# wins / ties / losses, the constraint buckets and the win rates restricted to each aspect
+METADATA_RUN = {
+    "policies": {"sft": "runs/demo/sft", "ppo-ptx-r1": "runs/demo/policy-r1"},
+    "evals": {"sft": {"policy": "runs/demo/sft", "per_family": {}, "overall": {"score": 1.5}, "samples": [],
+                      "metadata": {"follows_constraints": {"value": 0.75, "lo": 0.3006, "hi": 0.9544, "n": 4},
+                                   "harmful": {"value": 0.0, "lo": 0.0, "hi": 0.4345, "n": 5}},
+                      "aspect_means": {"likert": {"value": 4.6, "lo": 3.27, "hi": 5.93, "n": 5}}}},
+    "win_rates": {"ppo-ptx vs sft": {
+        "with constraint": {"rate": 0.5, "lo": 0.0, "hi": 1.0, "n": 2, "ties": 0.0, "wins": 0.5, "losses": 0.5},
+        "overall": {"rate": 0.625, "lo": 0.16, "hi": 1.0, "n": 4, "ties": 0.25, "wins": 0.5, "losses": 0.25}}},
+    "aspect_win_rates": {"ppo-ptx vs sft": {
+        "constraint": {"rate": 0.75, "lo": 0.26, "hi": 1.0, "n": 2, "ties": 0.5, "wins": 0.5, "losses": 0.0}}},
+    "elo": {}, "elo_intervals": {}, "curves": {}, "rm": {}, "stage_seconds": {}, "training": {},
+}
+
+
+def test_metadata_and_aspect_win_rates_round_trip():
+    results = RunResults.from_dict(METADATA_RUN)
+    assert results.to_dict() == METADATA_RUN
+    sft = results.evals["sft"]
+    assert sft.metadata["follows_constraints"] == Estimate(0.75, 0.3006, 0.9544, 4)
+    assert sft.aspect_means["likert"].value == 4.6
+    assert results.win_rates["ppo-ptx vs sft"]["overall"] == WinRate(0.625, 0.16, 1.0, 4, 0.25, 0.5, 0.25)
+    assert results.aspect_win_rates["ppo-ptx vs sft"]["constraint"].ties == 0.5
+    assert RunResults.from_dict(json.loads(json.dumps(results.to_dict()))) == results
+
+
+def test_results_from_before_the_metadata_still_load():
+    """A results.json written before issue #17 has no metadata, no wins or losses and no aspect win rates: they
+    read as empty (or None) and are left out again when it is written back."""
+    old = RunResults.from_dict(PIPELINE)
+    assert old.evals["sft"].metadata == {} and old.evals["sft"].aspect_means == {}
+    assert old.aspect_win_rates == {}
+    ov = old.win_rates["final vs sft"]["overall"]
+    assert (ov.wins, ov.losses, ov.ties) == (None, None, 0.05)
+    assert "aspect_win_rates" not in old.to_dict() and "metadata" not in old.to_dict()["evals"]["sft"]
+    bad = RunResults.from_dict({"evals": {"a": {"metadata": "junk", "aspect_means": {"x": 3}}},
+                                "aspect_win_rates": {"c": "x"}})
+    assert bad.evals["a"].metadata == {} and bad.evals["a"].aspect_means == {"x": Estimate()}
+    assert bad.aspect_win_rates == {"c": {}}

@@ -2,15 +2,26 @@
 
 Win rates answer the questions the report asks (did RLHF beat SFT and the base model? did ptx pay the
 alignment tax back? did each round beat the one before?); Elo ranks every checkpoint from all pairwise judgements.
+InstructGPT's metadata per policy and the win rates restricted to each aspect say what a win is made of.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tiller.eval.evaluate import PolicyAnswers, answer, judge_answers, test_prompts, win_rates
+from tiller.eval.evaluate import (
+    PolicyAnswers,
+    answer,
+    aspect_win_rates,
+    judge_all,
+    judge_answers,
+    policy_metadata,
+    test_prompts,
+    win_rates,
+)
 from tiller.eval.results import (
     CurvePoint,
+    Estimate,
     Headroom,
     HeadroomRow,
     PolicyEval,
@@ -56,15 +67,22 @@ def evaluate_run(cfg, rd: Path, world, policies: dict[str, str], rms: dict[str, 
         if path not in by_path:
             by_path[path] = answer(path, prompts, families, es.temperature, es.seed)
         answers[name] = by_path[path]
+    judged = {name: judge_all(judge, ans) for name, ans in answers.items()}
     evals = {}
     corpus_valid = rd / "world/corpus-valid.jsonl"
     for name, ans in answers.items():
         per, overall, rows = judge_answers(judge, ans)
         overall["pretrain_loss"] = corpus_loss(policies[name], corpus_valid)
+        meta = {k: {item: Estimate.from_dict(e) for item, e in v.items()} for k, v in policy_metadata(judged[name]).items()}
         evals[name] = PolicyEval(policies[name], {f: Scores.from_dict(s) for f, s in per.items()},
-                                 Scores.from_dict(overall), [Sample.from_dict(r) for r in rows[:60]])
+                                 Scores.from_dict(overall), [Sample.from_dict(r) for r in rows[:60]],
+                                 metadata=meta["metadata"], aspect_means=meta["aspect_means"])
+    compared = [(title, a, b) for title, a, b in COMPARISONS
+                if a in answers and b in answers and policies[a] != policies[b]]
     wins = {title: {f: WinRate.from_dict(w) for f, w in win_rates(judge, answers[a], answers[b]).items()}
-            for title, a, b in COMPARISONS if a in answers and b in answers and policies[a] != policies[b]}
+            for title, a, b in compared}
+    aspect_wins = {title: {x: WinRate.from_dict(w) for x, w in aspect_win_rates(judged[a], judged[b]).items()}
+                   for title, a, b in compared}
     distinct = {n: a for n, a in answers.items() if n != "final"}
     matches = gold_matches(judge, {n: a.texts for n, a in distinct.items()}, prompts)
     anchor = "sft" if "sft" in distinct else None
@@ -77,7 +95,8 @@ def evaluate_run(cfg, rd: Path, world, policies: dict[str, str], rms: dict[str, 
         valid = [p["prompt"] for p in world.prompts if p["split"] == "valid"][:64]
         curves["bon"] = [CurvePoint.from_dict(p) for p in bon_curve(policies["sft"], str(rms["r1"][0]), valid,
                                                                       judge_scores(judge), seed=es.seed)]
-    out = RunResults(run=rd.name, policies=dict(policies), evals=evals, win_rates=wins, elo=elo,
+    out = RunResults(run=rd.name, policies=dict(policies), evals=evals, win_rates=wins,
+                     aspect_win_rates=aspect_wins, elo=elo,
                      elo_intervals=elo_intervals(matches, anchor=anchor), curves=curves, rm=rm_results)
     if es.headroom_n > 1 and rms and "sft" in answers:
         last_dir = rms[max(rms, key=lambda r: int(r[1:]))][0]

@@ -3,6 +3,8 @@
 The page leads with what InstructGPT reports first (section 4): the final policy's gold win rate against
 SFT and the base model, then truthfulness and harmlessness (hallucination and refusal rates), the
 alignment tax on pretraining text (PPO vs PPO-ptx), and the overoptimisation picture of Gao et al. 2022.
+InstructGPT's metadata per policy (fig. 4, app. B) and win rates restricted to each aspect say what the
+wins are made of.
 Every part of the results may be missing (``RunResults.from_dict`` reads old and sparse files); a section
 without data is left out. The page's layout is ``templates/report.html.j2``; this module picks and formats
 what goes in it and draws the plots.
@@ -23,12 +25,27 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 from matplotlib.figure import Figure  # the OO API draws with Agg and leaves pyplot's global state alone
 
-from tiller.eval.results import CurvePoint, PolicyEval, RMRound, RunResults, Sample, Scores, WinRate
+from tiller.eval.results import (
+    CONSTRAINT_BUCKETS,
+    CurvePoint,
+    Estimate,
+    PolicyEval,
+    RMRound,
+    RunResults,
+    Sample,
+    Scores,
+    WinRate,
+)
 from tiller.runs import atomic_write_text
+from tiller.world.judge import METADATA
 
 TRAINING_KEYS = ("objective/score", "objective/kl", "loss/policy", "policy/entropy")
 OVERALL_KEYS = Scores.KEYS  # score, correct, refusal_rate, hallucination_rate, pretrain_loss
 N_SAMPLES = 10
+# the columns of the metadata table after METADATA's shares: means, the first four of them shares too
+MEANS = ("helpful", "truthful", "harmless", "form", "score", "likert")
+SHARE_MEANS = MEANS[:4]
+ASPECT_COLUMNS = ("helpful", "truthful", "harmless", "form", "constraint")  # evaluate.ASPECTS
 TEMPLATES = Path(__file__).parent / "templates"
 
 EloRow = tuple[str, float, float | None, float | None]  # (name, rating, lo, hi)
@@ -115,11 +132,19 @@ def headline_metrics(results: RunResults, final: str | None = None) -> dict[str,
         ov = fams.get("overall", WinRate())
         for v, suffix in ((ov.rate, ""), (ov.lo, "_lo"), (ov.hi, "_hi")):
             put(f"win_rate/{_slug(comp)}{suffix}", v)
+        for share in ("wins", "ties", "losses"):
+            put(f"win_rate/{_slug(comp)}_{share}", getattr(ov, share))
+    for comp, aspects in results.aspect_win_rates.items():
+        for aspect, w in aspects.items():
+            put(f"aspect_win_rate/{_slug(comp)}/{aspect}", w.rate)
     for name, ev in shown_evals(results, final).items():
-        for k in OVERALL_KEYS:
-            put(f"{k}/{name}", ev.overall.get(k))
+        values = {k: ev.overall.get(k) for k in OVERALL_KEYS}
+        values |= {f"metadata/{k}": e.value for k, e in ev.metadata.items()}
+        values |= {f"aspect_mean/{k}": e.value for k, e in ev.aspect_means.items()}
+        for k, v in values.items():
+            put(f"{k}/{name}", v)
             if name == final:
-                put(f"{k}/final", ev.overall.get(k))
+                put(f"{k}/final", v)
     for name, rating, _, _ in elo_rows(results):
         put(f"elo/{name}", rating)
         if name == final:
@@ -136,8 +161,14 @@ def headline_metrics(results: RunResults, final: str | None = None) -> dict[str,
 
 
 def _family_order(fams: dict[str, WinRate]) -> list[str]:
-    """Families sorted, ``overall`` last."""
-    return sorted(f for f in fams if f != "overall") + (["overall"] if "overall" in fams else [])
+    """Families sorted, then the constraint buckets, ``overall`` last."""
+    tail = [b for b in (*CONSTRAINT_BUCKETS, "overall") if b in fams]
+    return sorted(f for f in fams if f not in tail) + tail
+
+
+def _label(key: str) -> str:
+    """A metadata key as a column or panel title: ``fails_instruction`` -> ``fails instruction``."""
+    return key.replace("_", " ")
 
 
 # ---------------------------------------------------------------------------------------------- plots
@@ -163,7 +194,7 @@ def plot_win_rates(win_rates: dict[str, dict[str, WinRate]], path: Path) -> str 
         los, his = [_num(fams[f].lo) for f in names], [_num(fams[f].hi) for f in names]
         lo = [0.0 if x is None else max(0.0, r - x) for r, x in zip(rates, los, strict=True)]
         hi = [0.0 if x is None else max(0.0, x - r) for r, x in zip(rates, his, strict=True)]
-        colours = ["#2b6cb0" if f == "overall" else "#90b4de" for f in names]
+        colours = ["#2b6cb0" if f == "overall" else "#d69e2e" if f in CONSTRAINT_BUCKETS else "#90b4de" for f in names]
         ax.barh(range(len(names)), rates, xerr=[lo, hi], color=colours, capsize=3)
         ax.set_yticks(range(len(names)), names)
         ax.invert_yaxis()
@@ -193,6 +224,47 @@ def plot_family_scores(evals: dict[str, PolicyEval], path: Path) -> str | None:
     ax.set_ylabel("mean gold score")
     ax.legend(fontsize=8, ncols=min(len(per), 4), loc="upper left", bbox_to_anchor=(0, -0.12))
     ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def _metadata_panels(evals: dict[str, PolicyEval]) -> list[tuple[str, dict[str, Estimate]]]:
+    """(item, {policy: estimate}) for each METADATA share and the Likert that some policy has a value for."""
+    items = [(k, {p: e for p, ev in evals.items() if (e := ev.metadata.get(k)) and _num(e.value) is not None})
+             for k in METADATA]
+    items.append(("likert", {p: e for p, ev in evals.items()
+                             if (e := ev.aspect_means.get("likert")) and _num(e.value) is not None}))
+    return [(k, v) for k, v in items if v]
+
+
+def plot_metadata(evals: dict[str, PolicyEval], path: Path) -> str | None:
+    """InstructGPT's figure 4 in the world's terms: a panel per metadata item (and the 1-7 Likert), a bar per
+    policy with its 95% interval, each policy one colour across the panels."""
+    panels = _metadata_panels(evals)
+    if not panels:
+        return None
+    policies = list(evals)
+    colours = {p: f"C{i % 10}" for i, p in enumerate(policies)}
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(3 * cols, 2.9 * rows + 0.4))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, (item, est) in zip(axes, panels, strict=False):
+        names = [p for p in policies if p in est]
+        vals = [_num(est[p].value) or 0.0 for p in names]
+        lo = [0.0 if (x := _num(est[p].lo)) is None else max(0.0, v - x) for p, v in zip(names, vals, strict=True)]
+        hi = [0.0 if (x := _num(est[p].hi)) is None else max(0.0, x - v) for p, v in zip(names, vals, strict=True)]
+        ax.bar(range(len(names)), vals, yerr=[lo, hi], color=[colours[p] for p in names], capsize=3)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+        ax.set_title(_label(item), loc="left", fontsize=10)
+        if item == "likert":
+            ax.set_ylim(1, 7)
+        else:
+            ax.set_ylim(0, 1)
+            ax.yaxis.set_major_formatter(lambda y, _: f"{y:.0%}")
+        ax.grid(axis="y", alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -341,6 +413,33 @@ def _family_rows(evals: dict[str, PolicyEval]) -> list[tuple[str, list[str]]]:
     return [(f, [cell(e.per_family.get(f)) for e in evals.values()]) for f in fams]
 
 
+def metadata_rows(evals: dict[str, PolicyEval]) -> list[tuple[str, list[tuple[str, int | None]]]]:
+    """Per policy, a ``x% [lo, hi]`` cell and its n for each METADATA share, then for each mean (the gold score
+    and the Likert as plain numbers): the table of InstructGPT's metadata."""
+
+    def cell(e: Estimate | None, share: bool) -> tuple[str, int | None]:
+        if e is None or _num(e.value) is None:
+            return "–", None
+        f = _pct if share else functools.partial(_fmt, digits=2)
+        return f"{f(e.value)} [{f(e.lo)}, {f(e.hi)}]", e.n
+
+    return [(name, [cell(e.metadata.get(k), True) for k in METADATA]
+             + [cell(e.aspect_means.get(k), k in SHARE_MEANS) for k in MEANS])
+            for name, e in evals.items() if e.metadata or e.aspect_means]
+
+
+def aspect_win_rows(results: RunResults) -> list[tuple[str, WinRate, list[WinRate | None]]]:
+    """Per comparison: the overall gold win rate (its wins / ties / losses) and the win rate restricted to each
+    aspect, for comparisons that have either (files before issue #17 have neither)."""
+    rows = []
+    for comp in dict.fromkeys([*results.win_rates, *results.aspect_win_rates]):
+        ov = results.win_rates.get(comp, {}).get("overall", WinRate())
+        aspects = results.aspect_win_rates.get(comp, {})
+        if aspects or ov.wins is not None:
+            rows.append((comp, ov, [aspects.get(a) for a in ASPECT_COLUMNS]))
+    return rows
+
+
 def _prompt_text(p: Any) -> str:
     if isinstance(p, dict) and "prompt" in p:
         p = p["prompt"]
@@ -392,6 +491,9 @@ def render_html(results: RunResults, final: str | None, plots: dict[str, str | N
         run=results.run or "run", meta=" · ".join(x for x in meta if x), plots=plots, cards=_cards(results, final),
         win_tables=[(comp, [(f, fams[f]) for f in _family_order(fams)]) for comp, fams in results.win_rates.items()],
         evals=evals, elo={n: r for n, r, _, _ in elo_rows(results)}, family_rows=_family_rows(evals),
+        metadata=METADATA, metadata_columns=[_label(k) for k in (*METADATA, *MEANS)],
+        metadata_rows=metadata_rows(evals), aspect_rows=aspect_win_rows(results), aspects=ASPECT_COLUMNS,
+        buckets=any(b in fams for fams in results.win_rates.values() for b in CONSTRAINT_BUCKETS),
         headroom=headroom, headroom_rm=results.headroom.rm if results.headroom and results.headroom.rm else "RM",
         rm=results.rm, stages=stages, total=_num(results.seconds_total) or sum(stages.values()) or None,
         # no SFT answers: the final policy's alone
@@ -408,6 +510,7 @@ def write_report(results: RunResults, out_dir: str | Path) -> Path:
     plots = {
         "winrates": plot_win_rates(results.win_rates, out / "winrates.png"),
         "family_scores": plot_family_scores(shown_evals(results, final), out / "family_scores.png"),
+        "metadata": plot_metadata(shown_evals(results, final), out / "metadata.png"),
         "overoptimisation": plot_overoptimisation(results.curves, out / "overoptimisation.png"),
         "training": plot_training(results.training, out / "training.png"),
         "elo": plot_elo(elo_rows(results), out / "elo.png"),

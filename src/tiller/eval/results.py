@@ -13,6 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+# The two buckets of prompts a comparison's win rates are split into beside the families (issue #17): those
+# "without constraint" are comparable to results of the world before it had explicit constraints.
+CONSTRAINT_BUCKETS = ("with constraint", "without constraint")
+
 # ---------------------------------------------------------------------------------------------- parsing
 
 
@@ -52,22 +56,49 @@ def _put(d: dict[str, Any], **values: Any) -> dict[str, Any]:
 
 @dataclass
 class WinRate:
-    """Gold win rate (ties count half) with its 95% interval; ``n`` comparisons, ``ties`` their tied share."""
+    """Gold win rate (ties count half) with its 95% interval; ``n`` comparisons, ``ties``, ``wins`` and
+    ``losses`` their shares (wins and losses are missing in files written before issue #17)."""
 
     rate: float | None = None
     lo: float | None = None
     hi: float | None = None
     n: int | None = None
     ties: float | None = None
+    wins: float | None = None
+    losses: float | None = None
 
     @classmethod
     def from_dict(cls, d: Any) -> WinRate:
         d = _obj(d)
         return cls(_float(d.get("rate")), _float(d.get("lo")), _float(d.get("hi")), _int(d.get("n")),
-                   _float(d.get("ties")))
+                   _float(d.get("ties")), _float(d.get("wins")), _float(d.get("losses")))
 
     def to_dict(self) -> dict[str, Any]:
-        return _put({}, rate=self.rate, lo=self.lo, hi=self.hi, n=self.n, ties=self.ties)
+        return _put({}, rate=self.rate, lo=self.lo, hi=self.hi, n=self.n, ties=self.ties, wins=self.wins,
+                    losses=self.losses)
+
+
+@dataclass
+class Estimate:
+    """A share (95% Wilson interval) or a mean (95% normal interval) over ``n`` answers: one item of
+    InstructGPT's metadata per policy (``evaluate.policy_metadata``)."""
+
+    value: float | None = None
+    lo: float | None = None
+    hi: float | None = None
+    n: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Estimate:
+        d = _obj(d)
+        return cls(_float(d.get("value")), _float(d.get("lo")), _float(d.get("hi")), _int(d.get("n")))
+
+    def to_dict(self) -> dict[str, Any]:
+        return _put({}, value=self.value, lo=self.lo, hi=self.hi, n=self.n)
+
+
+def _estimates(x: Any) -> dict[str, Estimate]:
+    return {str(k): Estimate.from_dict(v) for k, v in _obj(x).items()}
 
 
 @dataclass
@@ -118,23 +149,33 @@ class Sample:
 
 @dataclass
 class PolicyEval:
-    """One policy on the held-out prompts: ``policy`` is its folder."""
+    """One policy on the held-out prompts: ``policy`` is its folder. ``metadata`` holds InstructGPT's shares
+    (``fails_instruction``, ``follows_constraints``, ... as in ``tiller.world.judge.METADATA``) and
+    ``aspect_means`` the means of helpful, truthful, harmless, form, ``score`` and ``likert``; both are empty
+    in files written before issue #17 and then left out of ``to_dict``."""
 
     policy: str | None = None
     per_family: dict[str, Scores] = field(default_factory=dict)
     overall: Scores = field(default_factory=Scores)
     samples: list[Sample] = field(default_factory=list)
+    metadata: dict[str, Estimate] = field(default_factory=dict)
+    aspect_means: dict[str, Estimate] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: Any) -> PolicyEval:
         d = _obj(d)
         return cls(_str(d.get("policy")), {str(f): Scores.from_dict(s) for f, s in _obj(d.get("per_family")).items()},
-                   Scores.from_dict(d.get("overall")), [Sample.from_dict(s) for s in _objs(d.get("samples"))])
+                   Scores.from_dict(d.get("overall")), [Sample.from_dict(s) for s in _objs(d.get("samples"))],
+                   _estimates(d.get("metadata")), _estimates(d.get("aspect_means")))
 
     def to_dict(self) -> dict[str, Any]:
-        return _put({}, policy=self.policy) | {
+        out = _put({}, policy=self.policy) | {
             "per_family": {f: s.to_dict() for f, s in self.per_family.items()}, "overall": self.overall.to_dict(),
             "samples": [s.to_dict() for s in self.samples]}
+        for key, estimates in (("metadata", self.metadata), ("aspect_means", self.aspect_means)):
+            if estimates:
+                out[key] = {k: e.to_dict() for k, e in estimates.items()}
+        return out
 
 
 @dataclass
@@ -259,7 +300,9 @@ class RunResults:
     final: str | None = None  # optional: the policy the report calls final (else worked out from the names)
     policies: dict[str, str] = field(default_factory=dict)  # name -> folder
     evals: dict[str, PolicyEval] = field(default_factory=dict)
-    win_rates: dict[str, dict[str, WinRate]] = field(default_factory=dict)  # comparison -> family|overall -> rate
+    win_rates: dict[str, dict[str, WinRate]] = field(default_factory=dict)  # comparison -> family|bucket|overall -> rate
+    # comparison -> aspect (helpful, truthful, harmless, form, constraint) -> win rate restricted to it
+    aspect_win_rates: dict[str, dict[str, WinRate]] = field(default_factory=dict)
     elo: dict[str, float] = field(default_factory=dict)
     elo_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # 95% bootstrap (lo, hi)
     curves: dict[str, list[CurvePoint]] = field(default_factory=dict)  # policy name or "bon" -> points
@@ -279,8 +322,7 @@ class RunResults:
             final=_str(d.get("final")),
             policies={str(k): str(v) for k, v in _obj(d.get("policies")).items()},
             evals={str(k): PolicyEval.from_dict(v) for k, v in _obj(d.get("evals")).items()},
-            win_rates={str(c): {str(f): WinRate.from_dict(w) for f, w in _obj(fams).items()}
-                       for c, fams in _obj(d.get("win_rates")).items()},
+            win_rates=_win_rates(d.get("win_rates")), aspect_win_rates=_win_rates(d.get("aspect_win_rates")),
             elo=elo, elo_intervals=intervals,
             curves={str(k): [CurvePoint.from_dict(p) for p in _objs(v)] for k, v in _obj(d.get("curves")).items()},
             rm={str(k): RMRound.from_dict(v) for k, v in _obj(d.get("rm")).items()},
@@ -294,8 +336,10 @@ class RunResults:
         """The JSON object of ``results.json``."""
         out = _put({}, run=self.run, created=self.created, final=self.final)
         out.update(policies=dict(self.policies), evals={k: e.to_dict() for k, e in self.evals.items()},
-                   win_rates={c: {f: w.to_dict() for f, w in fams.items()} for c, fams in self.win_rates.items()},
-                   elo=dict(self.elo), elo_intervals={k: list(iv) for k, iv in self.elo_intervals.items()},
+                   win_rates=_win_rates_dict(self.win_rates))
+        if self.aspect_win_rates:  # left out when empty: older results.json files read back as they were
+            out["aspect_win_rates"] = _win_rates_dict(self.aspect_win_rates)
+        out.update(elo=dict(self.elo), elo_intervals={k: list(iv) for k, iv in self.elo_intervals.items()},
                    curves={k: [p.to_dict() for p in pts] for k, pts in self.curves.items()},
                    rm={k: r.to_dict() for k, r in self.rm.items()})
         if self.headroom is not None:
@@ -304,6 +348,15 @@ class RunResults:
         _put(out, seconds_total=self.seconds_total)
         out["training"] = {k: [dict(r) for r in rows] for k, rows in self.training.items()}
         return out
+
+
+def _win_rates(x: Any) -> dict[str, dict[str, WinRate]]:
+    """``{comparison: {family|aspect: WinRate}}`` from its JSON object."""
+    return {str(c): {str(f): WinRate.from_dict(w) for f, w in _obj(rates).items()} for c, rates in _obj(x).items()}
+
+
+def _win_rates_dict(x: dict[str, dict[str, WinRate]]) -> dict[str, dict[str, Any]]:
+    return {c: {f: w.to_dict() for f, w in rates.items()} for c, rates in x.items()}
 
 
 def _elo(ratings: Any, intervals: Any) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
