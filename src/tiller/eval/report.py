@@ -7,14 +7,13 @@ InstructGPT's metadata per policy (fig. 4, app. B) and win rates restricted to e
 wins are made of.
 Every part of the results may be missing (``RunResults.from_dict`` reads old and sparse files); a section
 without data is left out. The page's layout is ``templates/report.html.j2``; this module picks and formats
-what goes in it and draws the plots.
+what goes in it; ``eval/plots.py`` draws the plots.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import math
 import re
 from dataclasses import dataclass
 from html import escape
@@ -23,14 +22,24 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
-from matplotlib.figure import Figure  # the OO API draws with Agg and leaves pyplot's global state alone
 
+from tiller.eval.plots import (
+    EloRow,
+    family_order,
+    finite,
+    plot_calibration,
+    plot_elo,
+    plot_family_scores,
+    plot_metadata,
+    plot_overoptimisation,
+    plot_training,
+    plot_win_rates,
+    title,
+)
 from tiller.eval.results import (
     CONSTRAINT_BUCKETS,
-    CurvePoint,
     Estimate,
     PolicyEval,
-    RMRound,
     RunResults,
     Sample,
     Scores,
@@ -39,7 +48,6 @@ from tiller.eval.results import (
 from tiller.runs import atomic_write_text
 from tiller.world.judge import METADATA
 
-TRAINING_KEYS = ("objective/score", "objective/kl", "loss/policy", "policy/entropy")
 OVERALL_KEYS = Scores.KEYS  # score, correct, refusal_rate, hallucination_rate, pretrain_loss
 N_SAMPLES = 10
 # the columns of the metadata table after METADATA's shares: means, the first four of them shares too
@@ -48,26 +56,18 @@ SHARE_MEANS = MEANS[:4]
 ASPECT_COLUMNS = ("helpful", "truthful", "harmless", "form", "constraint")  # evaluate.ASPECTS
 TEMPLATES = Path(__file__).parent / "templates"
 
-EloRow = tuple[str, float, float | None, float | None]  # (name, rating, lo, hi)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _num(x: Any) -> float | None:
-    """A finite float, or None for anything missing, non-numeric or NaN."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-        return None
-    return float(x)
-
-
 def _pct(x: Any) -> str:
-    v = _num(x)
+    v = finite(x)
     return "–" if v is None else f"{v:.1%}"
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
-    v = _num(x)
+    v = finite(x)
     return "–" if v is None else f"{v:.{digits}f}"
 
 
@@ -110,10 +110,10 @@ def elo_rows(results: RunResults) -> list[EloRow]:
     """(name, rating, lo, hi) per rated policy; lo and hi are None where there is no usable interval."""
     rows = []
     for name, value in results.elo.items():
-        rating = _num(value)
+        rating = finite(value)
         if rating is None:
             continue
-        lo, hi = (_num(x) for x in results.elo_intervals.get(name, (None, None)))
+        lo, hi = (finite(x) for x in results.elo_intervals.get(name, (None, None)))
         if lo is None or hi is None or not lo - 1e-6 <= rating <= hi + 1e-6:
             lo = hi = None  # an interval from a differently anchored fit would mislead: drop it
         rows.append((name, rating, lo, hi))
@@ -125,7 +125,7 @@ def headline_metrics(results: RunResults, final: str | None = None) -> dict[str,
     m: dict[str, float] = {}
 
     def put(key: str, value: Any) -> None:
-        if (v := _num(value)) is not None:
+        if (v := finite(value)) is not None:
             m[key] = v
 
     for comp, fams in results.win_rates.items():
@@ -160,204 +160,6 @@ def headline_metrics(results: RunResults, final: str | None = None) -> dict[str,
     return m
 
 
-def _family_order(fams: dict[str, WinRate]) -> list[str]:
-    """Families sorted, then the constraint buckets, ``overall`` last."""
-    tail = [b for b in (*CONSTRAINT_BUCKETS, "overall") if b in fams]
-    return sorted(f for f in fams if f not in tail) + tail
-
-
-def _label(key: str) -> str:
-    """A metadata key as a column or panel title: ``fails_instruction`` -> ``fails instruction``."""
-    return key.replace("_", " ")
-
-
-# ---------------------------------------------------------------------------------------------- plots
-
-
-def _save(fig: Figure, path: Path) -> str:
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path.name
-
-
-def plot_win_rates(win_rates: dict[str, dict[str, WinRate]], path: Path) -> str | None:
-    """Per comparison, horizontal bars of the win rate per family with 95% intervals and the 50% line."""
-    comps = {c: {f: w for f, w in fams.items() if _num(w.rate) is not None} for c, fams in win_rates.items()}
-    comps = {c: v for c, v in comps.items() if v}
-    if not comps:
-        return None
-    heights = [0.3 * len(v) + 0.8 for v in comps.values()]
-    fig = Figure(figsize=(7, sum(heights) + 0.3))
-    axes = fig.subplots(len(comps), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
-    for ax, (comp, fams) in zip(axes, comps.items(), strict=True):
-        names = _family_order(fams)
-        rates = [_num(fams[f].rate) or 0.0 for f in names]
-        los, his = [_num(fams[f].lo) for f in names], [_num(fams[f].hi) for f in names]
-        lo = [0.0 if x is None else max(0.0, r - x) for r, x in zip(rates, los, strict=True)]
-        hi = [0.0 if x is None else max(0.0, x - r) for r, x in zip(rates, his, strict=True)]
-        colours = ["#2b6cb0" if f == "overall" else "#d69e2e" if f in CONSTRAINT_BUCKETS else "#90b4de" for f in names]
-        ax.barh(range(len(names)), rates, xerr=[lo, hi], color=colours, capsize=3)
-        ax.set_yticks(range(len(names)), names)
-        ax.invert_yaxis()
-        ax.axvline(0.5, color="#444", ls="--", lw=1)
-        ax.set_xlim(0, 1)
-        ax.xaxis.set_major_formatter(lambda x, _: f"{x:.0%}")
-        ax.set_title(comp, loc="left", fontsize=10)
-    axes[-1].set_xlabel("gold win rate (ties count half), 95% interval")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_family_scores(evals: dict[str, PolicyEval], path: Path) -> str | None:
-    """Grouped bars: mean gold score per family, one bar per policy."""
-    per = {p: ev.per_family for p, ev in evals.items() if ev.per_family}
-    fams = sorted({f for v in per.values() for f in v})
-    if not fams:
-        return None
-    fig = Figure(figsize=(max(6.0, 1.1 * len(fams) + 2), 3.6))
-    ax = fig.subplots()
-    width = 0.8 / len(per)
-    for i, (policy, v) in enumerate(per.items()):
-        ys = [_num(v[f].score) if f in v else None for f in fams]
-        xs = [j + (i - (len(per) - 1) / 2) * width for j in range(len(fams))]
-        ax.bar(xs, [y if y is not None else 0.0 for y in ys], width, label=policy)
-    ax.set_xticks(range(len(fams)), fams)
-    ax.set_ylabel("mean gold score")
-    ax.legend(fontsize=8, ncols=min(len(per), 4), loc="upper left", bbox_to_anchor=(0, -0.12))
-    ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
-
-
-def _metadata_panels(evals: dict[str, PolicyEval]) -> list[tuple[str, dict[str, Estimate]]]:
-    """(item, {policy: estimate}) for each METADATA share and the Likert that some policy has a value for."""
-    items = [(k, {p: e for p, ev in evals.items() if (e := ev.metadata.get(k)) and _num(e.value) is not None})
-             for k in METADATA]
-    items.append(("likert", {p: e for p, ev in evals.items()
-                             if (e := ev.aspect_means.get("likert")) and _num(e.value) is not None}))
-    return [(k, v) for k, v in items if v]
-
-
-def plot_metadata(evals: dict[str, PolicyEval], path: Path) -> str | None:
-    """InstructGPT's figure 4 in the world's terms: a panel per metadata item (and the 1-7 Likert), a bar per
-    policy with its 95% interval, each policy one colour across the panels."""
-    panels = _metadata_panels(evals)
-    if not panels:
-        return None
-    policies = list(evals)
-    colours = {p: f"C{i % 10}" for i, p in enumerate(policies)}
-    cols = min(4, len(panels))
-    rows = math.ceil(len(panels) / cols)
-    fig = Figure(figsize=(3 * cols, 2.9 * rows + 0.4))
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax, (item, est) in zip(axes, panels, strict=False):
-        names = [p for p in policies if p in est]
-        vals = [_num(est[p].value) or 0.0 for p in names]
-        lo = [0.0 if (x := _num(est[p].lo)) is None else max(0.0, v - x) for p, v in zip(names, vals, strict=True)]
-        hi = [0.0 if (x := _num(est[p].hi)) is None else max(0.0, x - v) for p, v in zip(names, vals, strict=True)]
-        ax.bar(range(len(names)), vals, yerr=[lo, hi], color=[colours[p] for p in names], capsize=3)
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
-        ax.set_title(_label(item), loc="left", fontsize=10)
-        if item == "likert":
-            ax.set_ylim(1, 7)
-        else:
-            ax.set_ylim(0, 1)
-            ax.yaxis.set_major_formatter(lambda y, _: f"{y:.0%}")
-        ax.grid(axis="y", alpha=0.3)
-    for ax in axes[len(panels):]:
-        ax.set_visible(False)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_overoptimisation(curves: dict[str, list[CurvePoint]], path: Path) -> str | None:
-    """RM score (left) and gold score (right) against sqrt(KL) from the initial policy, as in Gao et al. 2022."""
-    series: dict[str, list[tuple[float, float | None, float | None]]] = {}
-    oracle: dict[str, list[tuple[float, float]]] = {}  # best-of-n picked by the gold judge: a perfect RM's pick
-    for name, points in curves.items():
-        at = [(math.sqrt(max(kl, 0.0)), p) for p in points if (kl := _num(p.kl)) is not None]
-        if at:
-            series[name] = sorted(((x, _num(p.rm_score), _num(p.gold_score)) for x, p in at), key=lambda t: t[0])
-        if best := sorted((x, g) for x, p in at if (g := _num(p.oracle_gold_score)) is not None):
-            oracle[name] = best
-    if not series:
-        return None
-    fig = Figure(figsize=(10, 3.8))
-    axes = fig.subplots(1, 2)
-    for col, (ax, label) in enumerate(zip(axes, ("RM score", "gold score"), strict=True), start=1):
-        for name, pts in series.items():
-            xy = [(p[0], y) for p in pts if (y := p[col]) is not None]
-            if xy:
-                ax.plot(*zip(*xy, strict=True), marker="o", ms=3, ls="--" if "bon" in name else "-", label=name)
-        if col == 2:
-            for name, best in oracle.items():
-                ax.plot(*zip(*best, strict=True), marker=".", ms=3, ls=":", color="grey", label=f"{name}, gold-picked")
-        ax.set_xlabel("√KL from the initial policy (√nats)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_training(training: dict[str, list[dict[str, Any]]], path: Path) -> str | None:
-    """The PPO training curves, one panel per metric, one line per run; rows are tracking's metric rows."""
-    keys = [k for k in TRAINING_KEYS if any(_num(r.get(k)) is not None for rows in training.values() for r in rows)]
-    if not keys:
-        return None
-    fig = Figure(figsize=(10, 3.2 * math.ceil(len(keys) / 2)))
-    axes = fig.subplots(math.ceil(len(keys) / 2), 2, squeeze=False).ravel()
-    for ax, key in zip(axes, keys, strict=False):
-        for run, rows in training.items():
-            xy = [(r["step"], r[key]) for r in rows if _num(r.get("step")) is not None and _num(r.get(key)) is not None]
-            if xy:
-                ax.plot(*zip(*xy, strict=True), label=run, lw=1.2)
-        ax.set_title(key, loc="left", fontsize=10)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    for ax in axes[len(keys):]:
-        ax.set_visible(False)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_elo(rows: list[EloRow], path: Path) -> str | None:
-    if not rows:
-        return None
-    rows = sorted(rows, key=lambda r: r[1])
-    fig = Figure(figsize=(6, 0.4 * len(rows) + 1.2))
-    ax = fig.subplots()
-    ys = range(len(rows))
-    lo = [r[1] - r[2] if r[2] is not None else 0.0 for r in rows]
-    hi = [r[3] - r[1] if r[3] is not None else 0.0 for r in rows]
-    ax.errorbar([r[1] for r in rows], ys, xerr=[lo, hi], fmt="o", color="#2b6cb0", capsize=3)
-    ax.set_yticks(ys, [r[0] for r in rows])
-    ax.set_xlabel("Elo (Bradley-Terry fit to gold comparisons; 95% bootstrap interval)")
-    ax.grid(axis="x", alpha=0.3)
-    return _save(fig, path)
-
-
-def plot_calibration(rm: dict[str, RMRound], path: Path) -> str | None:
-    """Reward-model calibration: predicted P(chosen wins) against the observed frequency, per round."""
-    rounds = {r: [(p, o, _num(b.n) or 1) for b in d.calibration or []
-                  if (p := _num(b.predicted)) is not None and (o := _num(b.observed)) is not None]
-              for r, d in rm.items()}
-    rounds = {r: v for r, v in rounds.items() if v}
-    if not rounds:
-        return None
-    fig = Figure(figsize=(4.6, 4.4))
-    ax = fig.subplots()
-    ax.plot([0, 1], [0, 1], color="#888", ls="--", lw=1, label="perfect")
-    for rnd, bins in rounds.items():
-        most = max(n for _, _, n in bins)
-        ax.plot([p for p, _, _ in bins], [o for _, o, _ in bins], lw=1)
-        ax.scatter([p for p, _, _ in bins], [o for _, o, _ in bins], s=[12 + 60 * math.sqrt(n / most) for *_, n in bins],
-                   label=str(rnd))
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted P(preferred wins)", ylabel="observed frequency")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
-
-
 # ---------------------------------------------------------------------------------------------- HTML
 
 
@@ -371,7 +173,7 @@ class Card:
 
 
 def _win_card(label: str, w: WinRate | None) -> Card | None:
-    if w is None or _num(w.rate) is None:
+    if w is None or finite(w.rate) is None:
         return None
     return Card(label, _pct(w.rate), f"95% CI [{_pct(w.lo)}, {_pct(w.hi)}], n={'?' if w.n is None else w.n}")
 
@@ -385,13 +187,13 @@ def _cards(results: RunResults, final: str | None) -> list[Card]:
              _win_card(f"{name} vs base: gold win rate", results.win_rates.get("final vs base", {}).get("overall"))]
     for key, label in (("refusal_rate", "refusal rate on harmful prompts"),
                        ("hallucination_rate", "hallucination rate on fact prompts")):
-        if final is not None and final in ov and _num(ov[final].get(key)) is not None:
+        if final is not None and final in ov and finite(ov[final].get(key)) is not None:
             sft = ov["sft"].get(key) if "sft" in ov else None
             cards.append(Card(label, _pct(ov[final].get(key)), f"SFT {_pct(sft)}"))
     noptx = _last_match(list(ov), "noptx")
     ptx = f"ppo-ptx-{m.group(1)}" if noptx and (m := re.search(r"(r\d+)$", noptx)) else None
     tax = [(label, n) for label, n in (("SFT", "sft"), ("PPO (no ptx)", noptx), ("PPO-ptx", ptx if ptx in ov else final))
-           if n is not None and n in ov and _num(ov[n].pretrain_loss) is not None]
+           if n is not None and n in ov and finite(ov[n].pretrain_loss) is not None]
     if tax:
         cards.append(Card("held-out pretraining loss (alignment tax)",
                           " / ".join(_fmt(ov[n].pretrain_loss) for _, n in tax),
@@ -418,7 +220,7 @@ def metadata_rows(evals: dict[str, PolicyEval]) -> list[tuple[str, list[tuple[st
     and the Likert as plain numbers): the table of InstructGPT's metadata."""
 
     def cell(e: Estimate | None, share: bool) -> tuple[str, int | None]:
-        if e is None or _num(e.value) is None:
+        if e is None or finite(e.value) is None:
             return "–", None
         f = _pct if share else functools.partial(_fmt, digits=2)
         return f"{f(e.value)} [{f(e.lo)}, {f(e.hi)}]", e.n
@@ -481,7 +283,7 @@ def _env() -> Environment:
 
 def render_html(results: RunResults, final: str | None, plots: dict[str, str | None]) -> str:
     evals = shown_evals(results, final)
-    stages = {k: v for k, v in results.stage_seconds.items() if _num(v) is not None}
+    stages = {k: v for k, v in results.stage_seconds.items() if finite(v) is not None}
     sft = results.evals["sft"].samples if "sft" in results.evals else []
     fin = results.evals[final].samples if final is not None and final in results.evals else []
     name = final or "final"
@@ -489,13 +291,13 @@ def render_html(results: RunResults, final: str | None, plots: dict[str, str | N
     meta = [f"created {results.created}" if results.created else "", f"final policy: {final}" if final else ""]
     return _env().get_template("report.html.j2").render(
         run=results.run or "run", meta=" · ".join(x for x in meta if x), plots=plots, cards=_cards(results, final),
-        win_tables=[(comp, [(f, fams[f]) for f in _family_order(fams)]) for comp, fams in results.win_rates.items()],
+        win_tables=[(comp, [(f, fams[f]) for f in family_order(fams)]) for comp, fams in results.win_rates.items()],
         evals=evals, elo={n: r for n, r, _, _ in elo_rows(results)}, family_rows=_family_rows(evals),
-        metadata=METADATA, metadata_columns=[_label(k) for k in (*METADATA, *MEANS)],
+        metadata=METADATA, metadata_columns=[title(k) for k in (*METADATA, *MEANS)],
         metadata_rows=metadata_rows(evals), aspect_rows=aspect_win_rows(results), aspects=ASPECT_COLUMNS,
         buckets=any(b in fams for fams in results.win_rates.values() for b in CONSTRAINT_BUCKETS),
         headroom=headroom, headroom_rm=results.headroom.rm if results.headroom and results.headroom.rm else "RM",
-        rm=results.rm, stages=stages, total=_num(results.seconds_total) or sum(stages.values()) or None,
+        rm=results.rm, stages=stages, total=finite(results.seconds_total) or sum(stages.values()) or None,
         # no SFT answers: the final policy's alone
         samples=pick_samples(sft, fin) if sft else pick_samples(fin, []), left="SFT" if sft else name,
         right=name if sft else "", policies=results.policies,
