@@ -25,8 +25,9 @@ def test_tiny_loop_writes_a_report_and_resumes(tmp_path):
     report = run_pipeline(cfg, rd)
     assert report == rd / "report" / "report.html" and report.stat().st_size > 2000
     metrics = json.loads((rd / "report" / "metrics.json").read_text())
-    for key in ("win_rate/final_vs_sft", "win_rate/final_vs_base", "pretrain_loss/sft", "rm/r2/gold_accuracy"):
-        assert key in metrics, key
+    for key in ("win_rate/final_vs_sft", "win_rate/final_vs_base", "pretrain_loss/sft", "rm/r2/gold_accuracy",
+                "metadata/follows_constraints/sft", "metadata/fails_instruction/final", "win_rate/final_vs_sft_ties"):
+        assert key in metrics, key  # InstructGPT's metadata per policy, and what a win rate is made of (#17)
     for folder in ("base", "sft", "rm-r1", "rm-r2", "rm-harmless-r1", "rm-harmless-r2", "policy-r1", "policy-r2",
                    "policy-noptx-r1", "bon-r1"):
         assert (rd / folder / "tiller-manifest.json").is_file(), folder

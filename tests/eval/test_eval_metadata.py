@@ -144,10 +144,12 @@ def test_win_tie_loss_shares_and_constraint_buckets():
 
 
 @pytest.fixture(scope="module")
-def world(tiny_world_dir):
-    from tiller.world import load_world
+def world(tmp_path_factory):
+    """A small world with the default share of explicit constraints (the shared tiny test world has none)."""
+    from tiller.world import WorldConfig, build_world
 
-    return load_world(tiny_world_dir)
+    return build_world(WorldConfig(n_train_prompts=70, n_valid_prompts=14, n_test_per_family=6, n_demos=40,
+                                   corpus_chars=5_000, agreement_items=0), tmp_path_factory.mktemp("world"))
 
 
 def test_on_the_world_ideal_answers_against_a_shrug(world, tmp_path):
