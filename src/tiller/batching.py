@@ -1,28 +1,18 @@
 """Turning (prompt, response) text into padded token batches, identically for every stage.
 
-Prompts are rendered with :func:`tiller.chat.render_prompt`, responses with ``render_response`` (so the
-model learns to emit ``<|end|>``). Over-long examples lose the *start* of the prompt, never the answer's
-end marker when it fits, because the answer is what is scored or learned.
+Prompts are tokenized with :func:`tiller.chat.encode_prompt`, responses with ``encode_response`` (so the
+model learns to emit ``<|end|>``), the format's markers as special tokens and all content as plain text.
+Over-long examples lose the *start* of the prompt, never the answer's end marker when it fits, because the
+answer is what is scored or learned.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from transformers import PreTrainedTokenizerBase
 
-from tiller.chat import render_prompt, render_response
+from tiller.chat import encode_prompt, encode_response
 
 IGNORE = -100
-
-
-def encode_prompt(tok: PreTrainedTokenizerBase, prompt: Any) -> list[int]:
-    return tok(render_prompt(prompt), add_special_tokens=False)["input_ids"]
-
-
-def encode_response(tok: PreTrainedTokenizerBase, response: str) -> list[int]:
-    return tok(render_response(response), add_special_tokens=False)["input_ids"]
 
 
 def join(prompt_ids: list[int], response_ids: list[int], max_len: int) -> tuple[list[int], int]:
@@ -67,3 +57,6 @@ def pack_examples(examples: list[tuple[list[int], list[int]]], block: int, pad_i
     if ids:
         rows.append((ids, labels))
     return rows
+
+
+__all__ = ["IGNORE", "batch", "encode_prompt", "encode_response", "join", "pack_examples", "pad", "sft_example"]

@@ -85,7 +85,8 @@ def label_app(cfg: LabelConfig, samples: Path, out: Path) -> list[Ranking]:
                 # The app's own errors (no labelers yet, overlap above their number, a record it refuses)
                 # become one-line config errors, which `tiller label` reports without a traceback.
                 try:
-                    items = parse_lines(samples.read_text(encoding="utf-8"), "rank", source=str(samples))
+                    items = parse_lines(samples.read_text(encoding="utf-8"), "rank", source=str(samples),
+                                        allow_empty=True)  # model samples may be empty answers
                     import_batch(session, name, "rank", cfg.overlap, items)
                 except (ServiceError, RecordError) as e:
                     raise ConfigError(f"cannot import {samples} as batch {name!r}: {e}") from None

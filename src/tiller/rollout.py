@@ -25,8 +25,8 @@ from typing import Any, Literal, Protocol, cast
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 
-from tiller.batching import batch, encode_prompt
-from tiller.chat import ROLE_TOKENS, clean_response
+from tiller.batching import batch
+from tiller.chat import ROLE_TOKENS, clean_response, encode_prompt
 from tiller.models import position_ids_from_mask, stop_token_ids
 from tiller.rl import accepts, model_class
 from tiller.training import progress

@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 import torch
 
-from tiller.batching import batch, encode_prompt, encode_response, join
-from tiller.chat import END
+from tiller.batching import batch, join
+from tiller.chat import END, encode_prompt, encode_response
 from tiller.config import ConfigError, field
 from tiller.models import REWARD_FILE, ScalarModel, default_device, load_tokenizer, reward_members
 
@@ -76,7 +76,7 @@ class RewardScorer:
                 for p, r, d in zip(prompts, responses, done, strict=True)]
 
     def _response_ids(self, response: str, ended: bool) -> list[int]:
-        return encode_response(self.tok, response) if ended else self.tok(response, add_special_tokens=False)["input_ids"]
+        return encode_response(self.tok, response, ended)
 
     def reads_ids_of(self, tok) -> bool:
         """Whether token ids from ``tok`` mean the same to this RM (same vocabulary), so a policy's sampled

@@ -221,6 +221,7 @@ def test_export_agreement_and_wait(app: Any, token_client: Any, import_rank_batc
         "prompt": [{"role": "user", "content": "Question 1?"}],
         "responses": ["answer 1.0", "answer 1.1", "answer 1.2", "answer 1.3"],
         "ranking": [[3], [0, 1, 2]], "labeler": "ana", "likert": [4, 4, 4, 4], "flags": [[], [], [], []], "id": "p1",
+        "policy": "sft-1", "time_spent_s": 0.0,  # the import's metadata and the labeler's time (issue #15)
     }
     download = token_client(app, "root").get("/api/batches/b1/export.jsonl")
     assert download.text == out.read_text()
@@ -250,7 +251,7 @@ def test_demonstration_batch(app: Any, login: Any, tmp_path: Path, db_url: str) 
     assert export_batch(db_url, "demos", tmp_path / "d.jsonl") == 1
     rec = json.loads((tmp_path / "d.jsonl").read_text())
     assert rec == {"prompt": [{"role": "user", "content": "Write a haiku."}], "response": "Old pond,\na frog.",
-                   "labeler": who, "id": "d1"}
+                   "labeler": who, "id": "d1", "time_spent_s": 0.0}
     formats = pytest.importorskip("tiller.data.formats")  # what `tiller sft` reads
     assert formats.Demonstration.from_json(rec).response == "Old pond,\na frog."
 

@@ -149,6 +149,7 @@ def test_rank_four_answers_with_the_keyboard(served: tuple[str, Any, str], page:
     out = tmp_path / "export.jsonl"
     assert export_batch(db_url, "capitals", out) == 1
     exported = json.loads(out.read_text())
+    assert exported.pop("time_spent_s") == label.time_spent_s  # exported with the label (issue #15)
     assert exported == {"prompt": record["prompt"], "responses": record["responses"], "ranking": [[0, 3], [2], [1]],
                         "labeler": "ana", "likert": [6, 1, 5, 6],
                         "flags": [[], ["hallucination"], [], []], "id": "capital-1"}
@@ -176,8 +177,9 @@ def test_write_a_demonstration(served: tuple[str, Any, str], page: Any, tmp_path
     assert label.time_spent_s > 0 and assignment.status == "done"
     out = tmp_path / "demos.jsonl"
     assert export_batch(db_url, "haiku", out) == 1
-    assert json.loads(out.read_text()) == {"prompt": record["prompt"], "response": answer, "labeler": "ana",
-                                           "id": "haiku-1"}
+    exported = json.loads(out.read_text())
+    assert exported.pop("time_spent_s") == label.time_spent_s
+    assert exported == {"prompt": record["prompt"], "response": answer, "labeler": "ana", "id": "haiku-1"}
 
 
 def test_playground_two_streamed_turns(served: tuple[str, Any, str], page: Any, tmp_path: Path) -> None:

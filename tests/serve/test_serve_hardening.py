@@ -66,3 +66,20 @@ def test_an_out_of_range_seed_is_400_not_500(client, model_name, seed):
 def test_the_largest_seed_works(client, model_name):
     out = client.chat.completions.create(model=model_name, messages=MESSAGES, max_tokens=4, seed=2**63 - 1, n=2)
     assert len(out.choices) == 2
+
+
+@pytest.mark.parametrize("flags, trusted", [([], None), (["--forwarded-allow-ips", "10.0.0.5"], "10.0.0.5")])
+def test_serve_trusts_proxy_headers_only_when_told(tiny_model_dir, monkeypatch, flags, trusted):
+    """uvicorn's default believes X-Forwarded-For from 127.0.0.1; `tiller serve` believes it from no one
+    unless its proxies are listed (as `tiller app serve`, issue #15 item 9)."""
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from tiller.cli import app as cli
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))  # everything before the listen is real
+    monkeypatch.delenv("TILLER_SERVE_FORWARDED_ALLOW_IPS", raising=False)
+    r = CliRunner().invoke(cli, ["serve", "--model", str(tiny_model_dir), *flags])
+    assert r.exit_code == 0, r.output
+    assert seen["proxy_headers"] is bool(trusted) and seen["forwarded_allow_ips"] == trusted

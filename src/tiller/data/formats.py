@@ -10,6 +10,8 @@ first, ties allowed, one record per labeler; every ordered pair across groups is
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -33,6 +35,13 @@ Prompt = str | Messages
 # An empty answer is refused by default (usually a broken export), but it can be a real preference: in
 # HH-RLHF harmless data a labeler sometimes preferred saying nothing. ``allow_empty=True`` accepts it.
 EMPTY = "empty response (allow_empty=True, or --allow-empty, accepts empty answers)"
+# Text no stage can keep: NUL (PostgreSQL text cannot hold it) and UTF-16 surrogates (JSON's "\ud800" parses
+# to one; it cannot be written as UTF-8, so every file, page or response holding it fails).
+_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
+# Names that become a path segment (batch names in URLs and export file names): no '/', no '..'.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+NAME_RULE = "1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+MAX_TIME_S = 24 * 3600.0  # time spent on one label: more is a tab left open, not work
 
 
 class DataError(ValueError):
@@ -65,6 +74,70 @@ class DataError(ValueError):
         return f"{where}{what}{self.reason}"
 
 
+# --- the text and name rules (the app and every reader share them) ---------------------------------------
+
+
+def check_text(value: str, field: str | None = None) -> str:
+    """``value`` unchanged, or :class:`DataError` naming ``field`` if it holds a NUL or a lone surrogate."""
+    m = _BAD_TEXT.search(value)
+    if m:
+        what = "a NUL character" if m.group() == "\x00" else f"an unpaired surrogate (U+{ord(m.group()):04X})"
+        raise DataError(f"{what} at character {m.start()}; only valid Unicode text can be stored", field)
+    return value
+
+
+def clean_text(value: Any) -> Any:
+    """For showing text stored before :func:`check_text` existed: every NUL and lone surrogate becomes
+    U+FFFD, in strings and inside lists and dicts (keys too); other values unchanged."""
+    if isinstance(value, str):
+        return _BAD_TEXT.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [clean_text(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(clean_text(v) for v in value)
+    if isinstance(value, dict):
+        return {clean_text(k): clean_text(v) for k, v in value.items()}
+    return value
+
+
+def normalize_newlines(text: str) -> str:
+    """``\r\n`` and lone ``\r`` as ``\n`` (a browser sends a textarea's line breaks as CRLF)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def check_name(value: str, field: str = "name") -> str:
+    """A name that is safe as one URL path segment and a file name (see ``NAME_RULE``)."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise DataError(f"{value!r} is not a valid name ({NAME_RULE})", field)
+    return value
+
+
+def check_time(value: Any, field: str = "time_spent_s") -> float:
+    """Seconds spent labeling: a finite number in [0, MAX_TIME_S]."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise DataError(f"expected a finite number of seconds, got {value!r}", field)
+    if not 0 <= value <= MAX_TIME_S:
+        raise DataError(f"{value!r} is outside 0-{MAX_TIME_S:g} seconds", field)
+    return float(value)
+
+
+def check_messages(value: Any, field: str = "prompt") -> Messages:
+    """A prompt (text or messages) as messages: valid roles, valid text, ending with a non-empty user turn."""
+    if isinstance(value, str) and not value.strip():
+        raise DataError("empty prompt", field)
+    try:
+        messages = to_messages(value)
+    except ChatFormatError as e:
+        raise DataError(str(e), field) from None
+    for i, m in enumerate(messages):
+        check_text(m["content"], f"{field}[{i}].content" if not isinstance(value, str) else field)
+    if messages[-1]["role"] != "user":
+        raise DataError("a prompt must end with a user message", field)
+    if not messages[-1]["content"].strip():
+        raise DataError("empty prompt: the last user message has no text", field)
+    return messages
+
+
 # --- field checks: each returns the value or raises DataError naming the field -----------------------
 
 
@@ -92,7 +165,12 @@ def _str(obj: dict[str, Any], name: str, required: bool = False, nonempty: bool 
         raise DataError(f"expected a string, got {type(value).__name__}", name)
     if nonempty and not value.strip():
         raise DataError("empty", name)
-    return value
+    return check_text(value, name)
+
+
+def _time(obj: dict[str, Any], name: str = "time_spent_s") -> float | None:
+    value = obj.get(name)
+    return None if value is None else check_time(value, name)
 
 
 def _prompt(obj: dict[str, Any], name: str = "prompt", required: bool = True) -> Prompt | None:
@@ -100,14 +178,7 @@ def _prompt(obj: dict[str, Any], name: str = "prompt", required: bool = True) ->
     value = _get(obj, name, required)
     if value is None:
         return None
-    if isinstance(value, str) and not value.strip():
-        raise DataError("empty prompt", name)
-    try:
-        messages = to_messages(value)
-    except ChatFormatError as e:
-        raise DataError(str(e), name) from None
-    if messages[-1]["role"] != "user":
-        raise DataError("a prompt must end with a user message", name)
+    messages = check_messages(value, name)
     return value if isinstance(value, str) else messages
 
 
@@ -118,9 +189,15 @@ def _responses(obj: dict[str, Any], name: str = "responses", allow_empty: bool =
     if len(value) < 2:
         raise DataError(f"needs at least 2 responses to compare, got {len(value)}", name)
     for i, r in enumerate(value):
-        if not r.strip() and not allow_empty:
-            raise DataError(EMPTY, f"{name}[{i}]")
+        check_response(r, f"{name}[{i}]", allow_empty)
     return value
+
+
+def check_response(text: str, field: str = "response", allow_empty: bool = False) -> str:
+    """An answer: valid text, and not blank unless ``allow_empty``."""
+    if not text.strip() and not allow_empty:
+        raise DataError(EMPTY, field)
+    return check_text(text, field)
 
 
 def _int(x: Any) -> bool:
@@ -232,15 +309,17 @@ class Demonstration:
     user_id: str | None = None
     id: str | None = None
     labeler: str | None = None
+    family: str | None = None
+    policy: str | None = None
+    time_spent_s: float | None = None  # seconds the labeler spent writing it
 
     @classmethod
     def from_json(cls, obj: Any, allow_empty: bool = False) -> Demonstration:
-        o = _obj(obj, ("prompt", "response", "user_id", "id", "labeler"))
+        o = _obj(obj, ("prompt", "response", "user_id", "id", "labeler", "family", "policy", "time_spent_s"))
         prompt = _prompt(o)
-        response = _str(o, "response", required=True)
-        if not response.strip() and not allow_empty:  # type: ignore[union-attr]
-            raise DataError(EMPTY, "response")
-        return cls(prompt, response, _str(o, "user_id"), _str(o, "id"), _str(o, "labeler"))  # type: ignore[arg-type]
+        response = check_response(_str(o, "response", required=True), "response", allow_empty)  # type: ignore[arg-type]
+        return cls(prompt, response, _str(o, "user_id"), _str(o, "id"), _str(o, "labeler"),  # type: ignore[arg-type]
+                   _str(o, "family"), _str(o, "policy"), _time(o))
 
     def to_json(self) -> dict[str, Any]:
         return _drop_none(self.__dict__.copy())
@@ -284,10 +363,15 @@ class Ranking:
     likert: list[int] | None = None
     flags: list[list[str]] | None = None
     id: str | None = None
+    policy: str | None = None  # the sample set's metadata (SampleSet), kept through labeling
+    user_id: str | None = None
+    family: str | None = None
+    time_spent_s: float | None = None  # seconds the labeler spent on it
 
     @classmethod
     def from_json(cls, obj: Any, allow_empty: bool = False) -> Ranking:
-        o = _obj(obj, ("prompt", "responses", "ranking", "labeler", "likert", "flags", "id"))
+        o = _obj(obj, ("prompt", "responses", "ranking", "labeler", "likert", "flags", "id", "policy", "user_id",
+                       "family", "time_spent_s"))
         prompt = _prompt(o)
         responses = _responses(o, allow_empty=allow_empty)
         k = len(responses)
@@ -299,6 +383,10 @@ class Ranking:
             likert=_likert(o.get("likert"), k),
             flags=_flags(o.get("flags"), k),
             id=_str(o, "id"),
+            policy=_str(o, "policy"),
+            user_id=_str(o, "user_id"),
+            family=_str(o, "family"),
+            time_spent_s=_time(o),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -356,9 +444,7 @@ def _answer(value: str | Messages, name: str, allow_empty: bool = False) -> str:
         if len(msgs) != 1 or msgs[0]["role"] != "assistant":
             raise DataError("expected one assistant message after an explicit prompt", name)
         text = msgs[0]["content"]
-    if not text.strip() and not allow_empty:
-        raise DataError(EMPTY, name)
-    return text
+    return check_response(text, name, allow_empty)
 
 
 def _resolve_pair(

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tiller.chat import Messages
-from tiller.data.formats import DataError, Pair, Ranking, pair_to_ranking
+from tiller.data.formats import DataError, Pair, Ranking, check_text, pair_to_ranking
 from tiller.data.io import RecordList, convert_rows
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ def hh_to_ranking(row: Any, id: str | None = None) -> Ranking:
     for name in ("chosen", "rejected"):
         if not isinstance(row.get(name), str):
             raise DataError("missing" if row.get(name) is None else "expected a string", name)
+        check_text(row[name], name)
     chosen, rejected = row["chosen"], row["rejected"]
     common = 0
     while common < min(len(chosen), len(rejected)) and chosen[common] == rejected[common]:
@@ -123,14 +124,14 @@ def summarize_to_ranking(row: Any) -> Ranking:
     for i, s in enumerate(summaries):
         if not isinstance(s, dict) or not isinstance(s.get("text"), str) or not s["text"].strip():
             raise DataError("expected an object with a non-empty 'text'", f"summaries[{i}]")
-        texts.append(s["text"].strip())
+        texts.append(check_text(s["text"].strip(), f"summaries[{i}]"))
     if choice not in (0, 1) or isinstance(choice, bool):
         raise DataError(f"expected 0 or 1, got {choice!r}", "choice")
     if worker is not None and not isinstance(worker, str):
         raise DataError("expected a string", "worker")
     id_ = info.get("id")
     return Ranking(
-        prompt=summarize_prompt(info),
+        prompt=check_text(summarize_prompt(info), "info"),
         responses=texts,
         ranking=[[choice], [1 - choice]],
         labeler=worker,

@@ -3,7 +3,9 @@
 Authentication and CSRF are checked here and nowhere else. A request is authenticated either by an API
 token (``Authorization: Bearer ...``; never sent by a browser on its own, so no CSRF check) or by the signed
 session cookie, in which case any unsafe method must also carry the session's CSRF token in the
-``X-CSRF-Token`` header or a ``csrf_token`` form field.
+``X-CSRF-Token`` header or a ``csrf_token`` form field. A cookie holds only while its ``sv`` equals the
+user's ``session_version`` (logout and a password change bump it) and for at most the session lifetime
+after its login (``at``), however often it is renewed.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from sqlalchemy.orm import Session
 from .errors import Forbidden, NotAuthenticated
 from .models import User
 from .security import new_token, same_token
-from .services.users import user_by_token
+from .services.users import session_is_current, user_by_token
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
@@ -80,6 +82,12 @@ def current_user(
     user = user_by_token(db, str(value)) if kind == "token" else db.get(User, value)
     if user is None or not user.active:
         raise NotAuthenticated("log in first" if kind == "session" else "invalid API token")
+    if kind == "session" and not session_is_current(
+        user, request.session.get("sv"), request.session.get("at"), request.app.state.session_max_age_s
+    ):
+        # logged out, password changed, or older than the session lifetime: the cookie is dead
+        request.session.clear()
+        raise NotAuthenticated("your session has ended; log in again")
     # For the page header: a plain copy, still readable after the session has closed or rolled back.
     request.state.user = Viewer(user.id, user.name, user.role)
     return user

@@ -33,7 +33,8 @@ class Base(DeclarativeBase):
 
 
 class Setting(Base):
-    """Key/value settings kept with the data (the session signing key, so restarts keep people logged in)."""
+    """Key/value settings kept with the data. Not secrets: since migration 0002 the session signing key
+    lives outside the database (``$TILLER_APP_SECRET`` or a 0600 file, see :func:`.security.load_secret`)."""
 
     __tablename__ = "settings"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -41,13 +42,23 @@ class Setting(Base):
 
 
 class User(Base):
+    """An account. ``name_key`` (NFKC + casefold of the name) is unique, so ``Ana`` and ``ana`` cannot both
+    exist; NULL only for a pre-0002 name whose key collided with an older one. ``session_version`` is
+    embedded in the signed session cookie: bumping it (logout, password change) revokes every session.
+    ``failed_logins`` / ``locked_until``: the per-name exponential login backoff."""
+
     __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("name_key", name="uq_users_name_key"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
+    name_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
     role: Mapped[str] = mapped_column(String(16))
     password_hash: Mapped[str] = mapped_column(String(255))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    session_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     @property
     def is_admin(self) -> bool:

@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Path, Query
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from tiller.data.formats import MAX_TIME_S, DataError, check_text, normalize_newlines
+
+# Every number a client sends is checked here, at the door, so SQLite and PostgreSQL never see one they
+# would treat differently (issue #15): ids fit PostgreSQL's INTEGER, pages hold 1-1000 rows.
+MAX_DB_ID = 2**31 - 1
+MAX_PAGE = 1000
+DbId = Annotated[int, Path(ge=1, le=MAX_DB_ID, description="a database id")]
+PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE, description="rows to return, 1-1000")]
+AssignmentStatus = Literal["pending", "done", "skipped"]
+
+
+def _text(value: str) -> str:
+    """Typed text (an answer, a chat turn): newlines as ``\n``, and no NUL (see ``check_text``)."""
+    try:
+        return check_text(normalize_newlines(value))
+    except DataError as e:
+        raise ValueError(e.reason) from None
+
+
+Text = Annotated[str, AfterValidator(_text)]
+Seconds = Annotated[float, Field(ge=0.0, le=MAX_TIME_S, allow_inf_nan=False,
+                                 description="time spent on the label, 0-86400 s")]
 
 
 class RankingCreate(BaseModel):
@@ -14,14 +38,14 @@ class RankingCreate(BaseModel):
     ranking: list[list[int]]
     likert: list[int]
     flags: list[list[str]] | None = None
-    time_spent_s: float = 0.0
+    time_spent_s: Seconds = 0.0
     idempotency_key: str | None = None
 
 
 class DemonstrationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    response: str = Field(max_length=100_000)
-    time_spent_s: float = 0.0
+    response: Text = Field(max_length=100_000)
+    time_spent_s: Seconds = 0.0
     idempotency_key: str | None = None
 
 
@@ -66,7 +90,7 @@ class UserPublic(BaseModel):
 
 
 class ConversationCreate(BaseModel):
-    model: str
+    model: str = Field(max_length=255)
 
 
 class ConversationPublic(BaseModel):
@@ -76,7 +100,7 @@ class ConversationPublic(BaseModel):
 
 
 class TurnCreate(BaseModel):
-    content: str = Field(min_length=1, max_length=20_000)
+    content: Text = Field(min_length=1, max_length=20_000)
     consent: bool = False
     max_new_tokens: int = Field(default=128, ge=1, le=1024)
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tiller.asgi import BodyLimit, Scope
 from tiller.chat import ChatFormatError
 from tiller.serve.engine import ChatEngine, Generation, PromptTooLongError
 from tiller.serve.schemas import (
@@ -59,53 +60,11 @@ def _error_response(err: APIError) -> JSONResponse:
 
 MAX_BODY = 1 << 20  # bytes of one request body: a long conversation is tens of kilobytes
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-
-class BodyLimit:
-    """ASGI middleware: a request body over ``limit`` bytes is refused with 413 before anything parses it
-    (by its Content-Length, or, sent in chunks, as soon as the bytes read pass the limit), so a client
-    cannot make the server hold or tokenize megabytes."""
-
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await self._refuse(send)
-            return
-        seen, refused = 0, False
-
-        async def counted() -> Message:  # a chunked body: answered 413 the moment it passes the limit
-            nonlocal seen, refused
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit and not refused:
-                refused = True
-                await self._refuse(send)
-                return {"type": "http.disconnect"}  # the app stops reading; what it answers is dropped
-            return message
-
-        async def guarded(message: Message) -> None:
-            if not refused:
-                await send(message)
-
-        await self.app(scope, counted, guarded)
-
-    async def _refuse(self, send: Send) -> None:
-        body = ErrorResponse(error=ErrorBody(message=f"the request body is over {self.limit} bytes",
-                                             type="invalid_request_error", code="request_too_large"))
-        data = body.model_dump_json().encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
-        await send({"type": "http.response.body", "body": data})
+def _too_large(scope: Scope, limit: int) -> tuple[bytes, bytes]:
+    """The 413 of :class:`tiller.asgi.BodyLimit` in OpenAI's error shape."""
+    body = ErrorResponse(error=ErrorBody(message=f"the request body is over {limit} bytes",
+                                         type="invalid_request_error", code="request_too_large"))
+    return b"application/json", body.model_dump_json().encode()
 
 
 def get_engine(request: Request) -> ChatEngine:
@@ -280,7 +239,7 @@ def create_app(engine: ChatEngine, default_max_tokens: int = 512, api_keys: list
     app.state.engine = engine
     app.state.default_max_tokens = default_max_tokens
     app.state.api_keys = [k for k in api_keys or [] if k]
-    app.add_middleware(BodyLimit, limit=max_body)
+    app.add_middleware(BodyLimit, limit=max_body, refusal=_too_large)
     app.state.started = now()
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -32,6 +32,10 @@ def serve_cmd(
         ),
     ] = None,
     max_body: Annotated[int, typer.Option(help="Largest request body in bytes (413 above it).")] = 1 << 20,
+    forwarded_allow_ips: Annotated[str, typer.Option(
+        envvar="TILLER_SERVE_FORWARDED_ALLOW_IPS",
+        help="Comma-separated addresses of your reverse proxies, whose X-Forwarded-For/-Proto are believed "
+             "(default: none).")] = "",
 ) -> None:
     """Serve POST /v1/chat/completions, GET /v1/models and GET /health until interrupted."""
     import uvicorn
@@ -47,4 +51,8 @@ def serve_cmd(
         typer.echo(f"error: cannot load model {model!r}: {first_line}", err=True)
         raise typer.Exit(2) from e
     typer.echo(f"serving {engine.model_name!r} on http://{host}:{port}/v1 (device {engine.device})", err=True)
-    uvicorn.run(create_app(engine, api_keys=api_key, max_body=max_body), host=host, port=port, log_level="info")
+    # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise: a local client could then log
+    # any address it likes (issue #15); as `tiller app serve`, proxy headers only from listed proxies.
+    trusted = ",".join(ip.strip() for ip in forwarded_allow_ips.split(",") if ip.strip())
+    uvicorn.run(create_app(engine, api_keys=api_key, max_body=max_body), host=host, port=port, log_level="info",
+                proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None)

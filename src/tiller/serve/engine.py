@@ -14,8 +14,7 @@ from typing import Any, Literal, TypedDict
 
 import torch
 
-from tiller.batching import encode_prompt
-from tiller.chat import ROLE_TOKENS, SPECIAL_TOKENS, to_messages
+from tiller.chat import ROLE_TOKENS, SPECIAL_TOKENS, encode_prompt, to_messages
 from tiller.models import load_policy, stop_token_ids
 from tiller.rollout import call_options, forward_last, pick_next, prefill
 from tiller.serve.decoding import DeltaStream

@@ -26,8 +26,8 @@ from transformers import PreTrainedModel
 
 from tiller import distributed
 from tiller.adapters import LORA_HELP, LoraConfig, apply_lora
-from tiller.batching import encode_prompt, encode_response, join
-from tiller.chat import prompt_key
+from tiller.batching import join
+from tiller.chat import encode_prompt, encode_response, prompt_key
 from tiller.config import ConfigError, field
 from tiller.data import Ranking, read_records
 from tiller.data.agreement import pairwise_agreement

@@ -19,7 +19,8 @@ import torch
 
 from tiller import distributed
 from tiller.adapters import LORA_HELP, LoraConfig, apply_lora, save_model
-from tiller.batching import IGNORE, encode_prompt, encode_response, pack_examples, pad, sft_example
+from tiller.batching import IGNORE, pack_examples, pad, sft_example
+from tiller.chat import encode_prompt, encode_response
 from tiller.config import ConfigError, field
 from tiller.data import Demonstration, read_records
 from tiller.losses import masked_lm_loss

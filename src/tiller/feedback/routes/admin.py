@@ -8,11 +8,15 @@ from urllib.parse import quote
 from fastapi import APIRouter, Form, Request, UploadFile
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
+from tiller.data.formats import clean_text
+
 from ..deps import AdminUser, Db
-from ..errors import Invalid
+from ..errors import Invalid, NotFound
+from ..models import BATCH_KINDS
 from ..records import parse_lines
 from ..services import batches, export, users
 from ..web import render
+from .labeling import assignment_view, batch_view, batches_view
 
 router = APIRouter(prefix="/admin")
 
@@ -26,7 +30,7 @@ def read_upload(file: UploadFile) -> str:
 
 @router.get("/")
 def admin_home(request: Request, db: Db, user: AdminUser) -> Response:
-    ctx = {"batches": batches.user_batches(db, user), "users": users.list_users(db)}
+    ctx = {"batches": batches_view(batches.user_batches(db, user)), "users": users.list_users(db)}
     return render(request, "admin.html", ctx)
 
 
@@ -39,8 +43,11 @@ def import_batch_form(
     kind: Annotated[str, Form()],
     overlap: Annotated[int, Form()],
     labelers: Annotated[str, Form()] = "",
+    allow_empty: Annotated[bool, Form()] = False,
 ) -> Response:
-    items = parse_lines(read_upload(file), kind, source=file.filename or "upload")
+    if kind not in BATCH_KINDS:  # checked first: parse_lines would raise a bare ValueError (a 500)
+        raise Invalid(f"task must be one of {', '.join(BATCH_KINDS)}, not {kind!r}")
+    items = parse_lines(read_upload(file), kind, source=file.filename or "upload", allow_empty=allow_empty)
     chosen = [x.strip() for x in labelers.split(",") if x.strip()] or None
     batch = batches.import_batch(db, name, kind, overlap, items, chosen)
     return RedirectResponse(f"/admin/batches/{quote(batch.name)}", status_code=303)
@@ -49,14 +56,25 @@ def import_batch_form(
 @router.get("/batches/{name}")
 def batch_page(request: Request, db: Db, user: AdminUser, name: str) -> Response:
     progress = batches.batch_progress(db, name)
-    recent = batches.list_assignments(db, user, batch=name, limit=50)
-    return render(request, "batch.html", {"p": progress, "recent": recent})
+    recent = [assignment_view(a) for a in batches.list_assignments(db, user, batch=name, limit=50)]
+    return render(request, "batch.html", {"p": progress, "batch": batch_view(progress.batch), "recent": recent})
 
 
 @router.get("/batches/{name}/export.jsonl")
 def batch_export(db: Db, user: AdminUser, name: str) -> Response:
     records = list(export.batch_records(db, name))  # read inside the request's session
-    headers = {"Content-Disposition": f'attachment; filename="{quote(name)}.jsonl"'}
+    headers = {"Content-Disposition": f'attachment; filename="{quote(clean_text(name))}.jsonl"'}
+    return StreamingResponse(export.to_jsonl(iter(records)), media_type="application/x-ndjson", headers=headers)
+
+
+@router.get("/exports/chat-{what}.jsonl")
+def chat_export(db: Db, user: AdminUser, what: str, everything: bool = False, real_names: bool = False) -> Response:
+    """Playground data (``prompts``, ``comparisons``, ``ratings``): by default only what its author agreed
+    to share, under pseudonyms; ``?everything=1`` adds the rest, ``?real_names=1`` shows login names."""
+    if what not in export.CHAT_EXPORTS:
+        raise NotFound(f"no chat export {what!r} (known: {', '.join(export.CHAT_EXPORTS)})")
+    records = list(export.CHAT_EXPORTS[what](db, not everything, real_names))
+    headers = {"Content-Disposition": f'attachment; filename="chat-{what}.jsonl"'}
     return StreamingResponse(export.to_jsonl(iter(records)), media_type="application/x-ndjson", headers=headers)
 
 

@@ -7,14 +7,19 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response
 from fastapi.responses import StreamingResponse
 
+from tiller.data.formats import clean_text
+
 from ..deps import AdminUser, CurrentUser, Db
 from ..errors import Invalid, NotFound
 from ..models import Assignment, Label
 from ..schemas import (
     AssignmentPublic,
+    AssignmentStatus,
     BatchPublic,
+    DbId,
     DemonstrationCreate,
     LabelPublic,
+    PageSize,
     RankingCreate,
     UserPublic,
 )
@@ -24,17 +29,17 @@ router = APIRouter(prefix="/api")
 
 
 def assignment_public(a: Assignment) -> AssignmentPublic:
-    item = a.item
+    item = a.item  # clean_text: a record stored before the text rule still gives a readable answer
     return AssignmentPublic(
-        id=a.id, batch=item.batch.name, kind=item.batch.kind, item_id=item.external_id, status=a.status,
-        labeler=a.user.name, prompt=item.prompt, responses=item.responses,
+        id=a.id, batch=clean_text(item.batch.name), kind=item.batch.kind, item_id=clean_text(item.external_id),
+        status=a.status, labeler=a.user.name, prompt=clean_text(item.prompt), responses=clean_text(item.responses),
     )
 
 
 def label_public(label: Label, replayed: bool) -> LabelPublic:
     return LabelPublic(
         id=label.id, assignment_id=label.assignment_id, ranking=label.ranking, likert=label.likert,
-        flags=label.flags, response=label.response, time_spent_s=label.time_spent_s, replayed=replayed,
+        flags=label.flags, response=clean_text(label.response), time_spent_s=label.time_spent_s, replayed=replayed,
     )
 
 
@@ -45,9 +50,9 @@ def me(user: CurrentUser) -> UserPublic:
 
 @router.get("/assignments")
 def list_assignments(
-    db: Db, user: CurrentUser, batch: str | None = None, status: str | None = None, limit: int = 100
+    db: Db, user: CurrentUser, batch: str | None = None, status: AssignmentStatus | None = None, limit: PageSize = 100
 ) -> list[AssignmentPublic]:
-    return [assignment_public(a) for a in batches.list_assignments(db, user, batch, status, min(limit, 1000))]
+    return [assignment_public(a) for a in batches.list_assignments(db, user, batch, status, limit)]
 
 
 @router.get("/assignments/next")
@@ -59,7 +64,7 @@ def next_assignment(db: Db, user: CurrentUser, batch: str | None = None) -> Assi
 
 
 @router.get("/assignments/{assignment_id}")
-def get_assignment(db: Db, user: CurrentUser, assignment_id: int) -> AssignmentPublic:
+def get_assignment(db: Db, user: CurrentUser, assignment_id: DbId) -> AssignmentPublic:
     return assignment_public(batches.visible_assignment(db, user, assignment_id))
 
 
@@ -67,7 +72,7 @@ def get_assignment(db: Db, user: CurrentUser, assignment_id: int) -> AssignmentP
 def submit_label(
     db: Db,
     user: CurrentUser,
-    assignment_id: int,
+    assignment_id: DbId,
     body: RankingCreate | DemonstrationCreate,
     response: Response,
     idempotency_key: Annotated[str | None, Header()] = None,
@@ -82,7 +87,7 @@ def submit_label(
 
 
 @router.post("/assignments/{assignment_id}/skip")
-def skip(db: Db, user: CurrentUser, assignment_id: int) -> AssignmentPublic:
+def skip(db: Db, user: CurrentUser, assignment_id: DbId) -> AssignmentPublic:
     return assignment_public(labels.skip_assignment(db, user, assignment_id))
 
 

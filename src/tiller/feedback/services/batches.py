@@ -10,11 +10,13 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, joinedload
 
 from tiller.data.agreement import AgreementReport, batch_agreement
+from tiller.data.formats import DataError, check_name, check_text
 
 from ..db import writing
 from ..errors import Conflict, Forbidden, Invalid, NotFound
-from ..models import BATCH_KINDS, Assignment, Batch, Item, Label, User, utcnow
+from ..models import ASSIGNMENT_STATUSES, BATCH_KINDS, Assignment, Batch, Item, Label, User, utcnow
 from ..records import ItemIn
+from ..schemas import MAX_DB_ID
 
 
 def choose_labelers(loads: dict[int, int], order: list[int], n: int) -> list[int]:
@@ -31,8 +33,10 @@ def import_batch(
     Load counts each labeler's pending assignments in every batch, so a new batch goes first to whoever
     has the least left to do."""
     name = name.strip()
-    if not name or len(name) > 128:
-        raise Invalid("batch name must be 1-128 characters")
+    try:  # the name is a URL path segment and the export's file name (issue #15: 'round1/a', '..')
+        check_name(name, "batch name")
+    except DataError as e:
+        raise Invalid(f"batch name {e.reason}") from None
     if kind not in BATCH_KINDS:
         raise Invalid(f"kind must be one of {', '.join(BATCH_KINDS)}, not {kind!r}")
     with writing(session):
@@ -73,8 +77,18 @@ def import_batch(
     return batch
 
 
+def _storable(name: str) -> bool:
+    """Whether a batch could have this name: one holding a NUL or a lone surrogate matches nothing, and is
+    not sent to the database (PostgreSQL would refuse the query itself, SQLite would answer it)."""
+    try:
+        check_text(name)
+    except DataError:
+        return False
+    return True
+
+
 def get_batch(session: Session, name: str) -> Batch:
-    batch = session.scalar(select(Batch).where(Batch.name == name))
+    batch = session.scalar(select(Batch).where(Batch.name == name)) if _storable(name) else None
     if batch is None:
         raise NotFound(f"no batch named {name!r}")
     return batch
@@ -83,6 +97,8 @@ def get_batch(session: Session, name: str) -> Batch:
 def visible_assignment(session: Session, user: User, assignment_id: int, write: bool = False) -> Assignment:
     """The one permission check for assignments: a labeler sees only their own (others are 404, as if
     they did not exist); an admin sees all but labels only their own (403)."""
+    if not 1 <= assignment_id <= MAX_DB_ID:  # past PostgreSQL's INTEGER: no such row on either database
+        raise NotFound(f"no assignment {assignment_id}")
     a = session.get(
         Assignment, assignment_id, options=[joinedload(Assignment.item).joinedload(Item.batch), joinedload(Assignment.user)]
     )
@@ -96,10 +112,16 @@ def visible_assignment(session: Session, user: User, assignment_id: int, write: 
 def list_assignments(
     session: Session, user: User, batch: str | None = None, status: str | None = None, limit: int = 100
 ) -> list[Assignment]:
+    if not 1 <= limit <= 1000:
+        raise Invalid(f"limit must be 1-1000, not {limit}")
+    if status and status not in ASSIGNMENT_STATUSES:
+        raise Invalid(f"status must be one of {', '.join(ASSIGNMENT_STATUSES)}, not {status!r}")
     q = select(Assignment).join(Assignment.item).join(Item.batch).options(joinedload(Assignment.item))
     if not user.is_admin:
         q = q.where(Assignment.user_id == user.id)
     if batch:
+        if not _storable(batch):
+            return []
         q = q.where(Batch.name == batch)
     if status:
         q = q.where(Assignment.status == status)
@@ -115,6 +137,8 @@ def next_assignment(session: Session, user: User, batch: str | None = None) -> A
         .where(Assignment.user_id == user.id, Assignment.status == "pending")
     )
     if batch:
+        if not _storable(batch):
+            return None
         q = q.where(Batch.name == batch)
     return session.scalar(q.order_by(Batch.id, Item.position).limit(1))
 

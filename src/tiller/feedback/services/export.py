@@ -13,13 +13,20 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tiller.data.formats import clean_text
+
 from ..db import make_engine, session_factory
-from ..models import Assignment, ChatPrompt, Item, Label, User
+from ..models import Assignment, ChatComparison, ChatMessage, ChatPrompt, Conversation, Item, Label, User
+from ..records import META_FIELDS
 from .batches import batch_progress, get_batch
 
 
 def batch_records(session: Session, batch_name: str) -> Iterator[dict[str, Any]]:
-    """One record per finished assignment (an item labeled by N labelers gives N records), item order."""
+    """One record per finished assignment (an item labeled by N labelers gives N records), item order.
+
+    Rankings are ``tiller.data.formats.Ranking`` records, demonstrations ``Demonstration`` records, both
+    with the item's import metadata (``policy``, ``user_id``, ``family``) and the labeler's
+    ``time_spent_s``. Text stored before the text rule is written with bad characters as U+FFFD."""
     batch = get_batch(session, batch_name)
     q = (
         select(Item, User.name, Label)
@@ -31,7 +38,7 @@ def batch_records(session: Session, batch_name: str) -> Iterator[dict[str, Any]]
     )
     for item, labeler, label in session.execute(q):
         if batch.kind == "rank":
-            yield {
+            rec = {
                 "prompt": item.prompt,
                 "responses": item.responses,
                 "ranking": label.ranking,
@@ -41,14 +48,83 @@ def batch_records(session: Session, batch_name: str) -> Iterator[dict[str, Any]]
                 "id": item.external_id,
             }
         else:
-            yield {"prompt": item.prompt, "response": label.response, "labeler": labeler, "id": item.external_id}
+            rec = {"prompt": item.prompt, "response": label.response, "labeler": labeler, "id": item.external_id}
+        meta = {k: v for k, v in (item.meta or {}).items() if k in META_FIELDS and v is not None}
+        yield clean_text({**rec, **meta, "time_spent_s": label.time_spent_s})
 
 
-def prompt_records(session: Session) -> Iterator[dict[str, Any]]:
-    """Every playground prompt, with who wrote it and whether they agreed to its use for training."""
-    q = select(ChatPrompt, User.name).join(User, User.id == ChatPrompt.user_id).order_by(ChatPrompt.id)
-    for row, user_name in session.execute(q):
-        yield {"id": f"chat-{row.id}", "prompt": row.prompt, "user_id": user_name, "consent": row.consent}
+def pseudonym(user: User) -> str:
+    """A stable stand-in for a login name in exports that leave the team (prompt curation, chat data)."""
+    return f"user-{user.id}"
+
+
+def _consents(session: Session, conversation_ids: set[int]) -> dict[tuple[int, str], bool]:
+    """(conversation, prompt as JSON) -> whether its author agreed to training use."""
+    q = select(ChatPrompt).where(ChatPrompt.conversation_id.in_(conversation_ids))
+    return {(p.conversation_id, _key(p.prompt)): p.consent for p in session.scalars(q)}
+
+
+def _key(prompt: list[Any]) -> str:
+    return json.dumps(prompt, sort_keys=True)
+
+
+def prompt_records(session: Session, consented_only: bool = True, real_names: bool = False) -> Iterator[dict[str, Any]]:
+    """Playground prompts as ``PromptRecord``s. By default only those whose author consented to their use
+    for training (InstructGPT sec. 3.2), under a pseudonym (``user-<id>``) instead of the login name."""
+    q = select(ChatPrompt, User).join(User, User.id == ChatPrompt.user_id).order_by(ChatPrompt.id)
+    if consented_only:
+        q = q.where(ChatPrompt.consent.is_(True))
+    for row, user in session.execute(q):
+        who = user.name if real_names else pseudonym(user)
+        yield clean_text({"id": f"chat-{row.id}", "prompt": row.prompt, "user_id": who, "consent": row.consent})
+
+
+def chat_comparison_records(
+    session: Session, consented_only: bool = True, real_names: bool = False
+) -> Iterator[dict[str, Any]]:
+    """Decided playground comparisons as K=2 ``Ranking`` records (the chosen answer ranked first)."""
+    q = (
+        select(ChatComparison, User)
+        .join(Conversation, Conversation.id == ChatComparison.conversation_id)
+        .join(User, User.id == Conversation.user_id)
+        .where(ChatComparison.choice.is_not(None))
+        .order_by(ChatComparison.id)
+    )
+    rows = list(session.execute(q))
+    consents = _consents(session, {c.conversation_id for c, _ in rows})
+    for comp, user in rows:
+        if consented_only and not consents.get((comp.conversation_id, _key(comp.prompt)), False):
+            continue
+        choice = int(comp.choice)  # type: ignore[arg-type]  # not None: filtered in the query
+        yield clean_text({
+            "prompt": comp.prompt, "responses": comp.responses, "ranking": [[choice], [1 - choice]],
+            "labeler": user.name if real_names else pseudonym(user), "id": f"chat-cmp-{comp.id}",
+        })
+
+
+def chat_rating_records(
+    session: Session, consented_only: bool = True, real_names: bool = False
+) -> Iterator[dict[str, Any]]:
+    """Thumbs on playground answers: ``{"id", "prompt", "response", "rating": 1 | -1, "labeler"}`` (the
+    prompt is the conversation before the answer; a KTO-style desirable/undesirable label)."""
+    q = (
+        select(Conversation, User)
+        .join(User, User.id == Conversation.user_id)
+        .where(Conversation.id.in_(select(ChatMessage.conversation_id).where(ChatMessage.rating.is_not(None))))
+        .order_by(Conversation.id)
+    )
+    rows = list(session.execute(q))
+    consents = _consents(session, {c.id for c, _ in rows})
+    for conv, user in rows:
+        turns = [{"role": m.role, "content": m.content} for m in conv.messages]
+        for m in conv.messages:
+            if m.rating is None:
+                continue
+            prompt = turns[: m.position]
+            if consented_only and not consents.get((conv.id, _key(prompt)), False):
+                continue
+            yield clean_text({"id": f"chat-msg-{m.id}", "prompt": prompt, "response": m.content, "rating": m.rating,
+                              "labeler": user.name if real_names else pseudonym(user)})
 
 
 def to_jsonl(records: Iterator[dict[str, Any]]) -> Iterator[str]:
@@ -79,11 +155,25 @@ def export_batch(db_url: str, batch_name: str, out_path: str | Path) -> int:
         engine.dispose()
 
 
-def export_prompts(db_url: str, out_path: str | Path) -> int:
+def export_prompts(db_url: str, out_path: str | Path, consented_only: bool = True, real_names: bool = False) -> int:
+    """``tiller app export-prompts``: see :func:`prompt_records` for the defaults."""
+    return export_chat(db_url, out_path, "prompts", consented_only, real_names)
+
+
+CHAT_EXPORTS = {"prompts": prompt_records, "comparisons": chat_comparison_records, "ratings": chat_rating_records}
+
+
+def export_chat(
+    db_url: str, out_path: str | Path, what: str, consented_only: bool = True, real_names: bool = False
+) -> int:
+    """Write playground data as JSONL: ``prompts``, ``comparisons`` or ``ratings`` (consented, pseudonymised
+    by default)."""
+    if what not in CHAT_EXPORTS:
+        raise ValueError(f"what must be one of {', '.join(CHAT_EXPORTS)}, not {what!r}")
     engine = make_engine(db_url)
     try:
         with session_factory(engine)() as session:
-            return write_jsonl(prompt_records(session), out_path)
+            return write_jsonl(CHAT_EXPORTS[what](session, consented_only, real_names), out_path)
     finally:
         engine.dispose()
 
@@ -113,4 +203,7 @@ def wait_and_export(
         engine.dispose()
 
 
-__all__ = ["batch_records", "export_batch", "export_prompts", "get_batch", "prompt_records", "wait_and_export"]
+__all__ = [
+    "batch_records", "chat_comparison_records", "chat_rating_records", "export_batch", "export_chat", "export_prompts",
+    "get_batch", "prompt_records", "wait_and_export",
+]

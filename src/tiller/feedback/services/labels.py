@@ -13,6 +13,9 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from tiller.data.formats import MAX_TIME_S as MAX_TIME_S  # re-exported: the old home of the limit
+from tiller.data.formats import DataError, check_response, check_time
+
 from ..db import end_read, writing
 from ..errors import Conflict, Invalid
 from ..models import FLAGS, Assignment, Label, User, utcnow
@@ -20,7 +23,15 @@ from ..schemas import DemonstrationCreate, RankingCreate
 from .batches import visible_assignment
 
 _KEY = re.compile(r"^[A-Za-z0-9_.:-]{8,64}$")
-MAX_TIME_S = 24 * 3600.0
+
+
+def check_seconds(value: float) -> float:
+    """Time spent, as the schemas check it (finite, 0-MAX_TIME_S): NaN was a false 409 on SQLite (NULL
+    in a NOT NULL column) and stored as is on PostgreSQL (issue #15)."""
+    try:
+        return check_time(value)
+    except DataError as e:
+        raise Invalid(f"time_spent_s: {e.reason}") from None
 
 
 def parse_ranking_text(text: str, k: int) -> list[list[int]]:
@@ -48,7 +59,10 @@ def _validate(data: RankingCreate | DemonstrationCreate, kind: str, k: int) -> d
             raise Invalid("this item asks for a demonstration: send 'response'")
         if not data.response.strip():
             raise Invalid("the demonstration is empty")
-        return {"response": data.response}
+        try:
+            return {"response": check_response(data.response)}
+        except DataError as e:
+            raise Invalid(f"response: {e.reason}") from None
     if not isinstance(data, RankingCreate):
         raise Invalid("this item asks for a ranking: send 'ranking', 'likert' and 'flags'")
     ranking = validate_ranking(data.ranking, k)
@@ -88,7 +102,7 @@ def submit_label(
             if a.status != "pending":
                 raise Conflict(f"assignment {assignment_id} is already {a.status}")
             fields = _validate(data, a.item.batch.kind, len(a.item.responses or []))
-            time_spent = min(max(float(data.time_spent_s), 0.0), MAX_TIME_S)
+            time_spent = check_seconds(data.time_spent_s)
             label = Label(assignment_id=a.id, idempotency_key=key, time_spent_s=time_spent, **fields)
             session.add(label)
             done = session.execute(

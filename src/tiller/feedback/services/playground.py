@@ -8,7 +8,9 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ..db import writing
+from tiller.data.formats import clean_text
+
+from ..db import end_read, writing
 from ..errors import Conflict, Invalid, NotFound
 from ..models import ChatComparison, ChatMessage, ChatPrompt, Conversation, User
 
@@ -41,23 +43,44 @@ def _append(session: Session, conv: Conversation, role: str, content: str) -> Ch
     return msg
 
 
-def add_user_turn(session: Session, user: User, conversation_id: int, content: str, consent: bool) -> list[dict]:
-    """Store the user's message and the prompt it makes (whole history + this turn); returns that prompt."""
+def next_prompt(session: Session, user: User, conversation_id: int, content: str) -> list[dict]:
+    """The prompt a new user turn makes (the whole history, then ``content``), writing nothing: a turn is
+    stored only with its answer (:func:`add_exchange`), so a turn that failed (too long for the model,
+    generation error, the client left) leaves no trace and the chat goes on (issue #15)."""
+    conv = get_conversation(session, user, conversation_id)
+    messages = history(conv)
+    messages.append({"role": "user", "content": content})
+    end_read(session)
+    return messages
+
+
+def _add_turn(session: Session, user: User, conv: Conversation, prompt: list[dict], consent: bool) -> None:
+    """Store the user's turn (the last message of ``prompt``) and the prompt it makes, with its consent.
+
+    The history must still be the one the answer was generated for: a turn finished meanwhile in another
+    tab would put this answer after a question it never saw."""
+    session.expire(conv, ["messages"])  # read the history as it is now, not as this session last saw it
+    if history(conv) != prompt[:-1]:
+        raise Conflict("the conversation changed while this answer was generated; reload it and try again")
+    _append(session, conv, "user", prompt[-1]["content"])
+    session.add(ChatPrompt(conversation_id=conv.id, user_id=user.id, prompt=prompt, consent=consent))
+
+
+def add_exchange(
+    session: Session, user: User, conversation_id: int, prompt: list[dict], consent: bool, answer: str
+) -> ChatMessage:
+    """Store a user turn and the model's answer to it, together (one transaction)."""
     with writing(session):
         conv = get_conversation(session, user, conversation_id)
-        # An earlier turn whose answer never came (generation failed, the client left) stays in the
-        # history as is: two user turns in a row are a valid conversation, and the chat goes on.
-        messages = history(conv)
-        messages.append({"role": "user", "content": content})
-        _append(session, conv, "user", content)
-        session.add(ChatPrompt(conversation_id=conv.id, user_id=user.id, prompt=messages, consent=consent))
-    return messages
+        _add_turn(session, user, conv, prompt, consent)
+        msg = _append(session, conv, "assistant", clean_text(answer))
+    return msg
 
 
 def add_assistant_turn(session: Session, user: User, conversation_id: int, content: str) -> ChatMessage:
     with writing(session):
         conv = get_conversation(session, user, conversation_id)
-        msg = _append(session, conv, "assistant", content)
+        msg = _append(session, conv, "assistant", clean_text(content))
     return msg
 
 
@@ -74,11 +97,13 @@ def rate_message(session: Session, user: User, message_id: int, value: int) -> C
 
 
 def create_comparison(
-    session: Session, user: User, conversation_id: int, prompt: list[dict], responses: list[str]
+    session: Session, user: User, conversation_id: int, prompt: list[dict], responses: list[str], consent: bool
 ) -> ChatComparison:
+    """Store the user's turn and two answers to it (the user picks one with :func:`choose`), together."""
     with writing(session):
         conv = get_conversation(session, user, conversation_id)
-        comp = ChatComparison(conversation_id=conv.id, prompt=prompt, responses=responses)
+        _add_turn(session, user, conv, prompt, consent)
+        comp = ChatComparison(conversation_id=conv.id, prompt=prompt, responses=[clean_text(r) for r in responses])
         session.add(comp)
     return comp
 
