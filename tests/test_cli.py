@@ -24,7 +24,7 @@ def _one_error_line(result) -> str:
 
 
 # every command of ``tiller``; "app" and "serve" are mounted only when their optional extras import
-CORE_COMMANDS = {"world", "pretrain", "sft", "sample", "label", "rm", "score", "ppo", "bon", "run", "eval",
+CORE_COMMANDS = {"world", "pretrain", "sft", "sample", "label", "rm", "score", "ppo", "bon", "dpo", "run", "eval",
                  "report", "import", "validate", "prompts", "plan"}
 OPTIONAL_COMMANDS = {"app": "tiller.feedback.cli", "serve": "tiller.serve.cli"}
 
@@ -38,6 +38,7 @@ STAGE_CONFIGS = {
     "rm": "tiller.stages.reward:RMConfig",
     "ppo": "tiller.stages.ppo:PPOConfig",
     "bon": "tiller.stages.best_of_n:BoNConfig",
+    "dpo": "tiller.stages.dpo:DPOConfig",
     "run": "tiller.pipeline:RunConfig",
 }
 

@@ -133,6 +133,19 @@ def test_rm_under_two_processes_matches_one(inputs, tmp_path):
     assert max_weight_difference(rm1, rm2, "AutoModelForSequenceClassification") < 1e-4
 
 
+def test_dpo_under_two_processes_matches_one(inputs, tmp_path):
+    one, two = two_runs(tmp_path, inputs)
+    # 5 items a batch do not split evenly over 2 ranks; plackett_luce: one row per ranking on its item's forwards
+    args = ["dpo", "--policy", str(inputs / "sft"), "--ref", str(inputs / "sft"), "--rankings",
+            str(inputs / "rankings.jsonl"), "batch_size=5", "epochs=2", "lr=1e-3", "mode=plackett_luce",
+            "report_to=[jsonl]"]
+    tiller(args, one)
+    tiller(args, two, processes=2)
+    dpo1, dpo2 = one / "runs/default/policy-dpo", two / "runs/default/policy-dpo"
+    assert_close_metrics(metrics(dpo1), metrics(dpo2))
+    assert max_weight_difference(dpo1, dpo2) < 1e-4
+
+
 @pytest.mark.parametrize("algo,extra", [
     ("ppo", ["ptx_coef=0.5", "ptx_batch_size=4", "grad_accum=2", "whiten_advantages=token"]),
     ("grpo", ["group_size=2", "rollout_batch=4"]),

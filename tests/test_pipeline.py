@@ -26,10 +26,11 @@ def test_tiny_loop_writes_a_report_and_resumes(tmp_path):
     assert report == rd / "report" / "report.html" and report.stat().st_size > 2000
     metrics = json.loads((rd / "report" / "metrics.json").read_text())
     for key in ("win_rate/final_vs_sft", "win_rate/final_vs_base", "pretrain_loss/sft", "rm/r2/gold_accuracy",
-                "metadata/follows_constraints/sft", "metadata/fails_instruction/final", "win_rate/final_vs_sft_ties"):
+                "metadata/follows_constraints/sft", "metadata/fails_instruction/final", "win_rate/final_vs_sft_ties",
+                "win_rate/dpo_vs_sft", "win_rate/ppo-ptx_vs_dpo"):
         assert key in metrics, key  # InstructGPT's metadata per policy, and what a win rate is made of (#17)
     for folder in ("base", "sft", "rm-r1", "rm-r2", "rm-harmless-r1", "rm-harmless-r2", "policy-r1", "policy-r2",
-                   "policy-noptx-r1", "bon-r1"):
+                   "policy-noptx-r1", "bon-r1", "policy-dpo-r1"):
         assert (rd / folder / "tiller-manifest.json").is_file(), folder
     # RL's reward: the round's preference RM summed, its harmlessness rule RM as a penalty (Sparrow)
     for policy, r in (("policy-r1", 1), ("policy-noptx-r1", 1), ("policy-r2", 2)):

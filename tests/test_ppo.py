@@ -23,15 +23,20 @@ from tiller.stages.best_of_n import select_best
 WORDS = ["the", "river", "town", "was", "born", "in", "a", "baker", "is", "on"]
 
 
-def length_rankings(n: int, k: int, seed: int) -> list[Ranking]:
-    """A planted preference that a policy can learn quickly: shorter answers rank higher (equal length ties)."""
+def length_rankings(n: int, k: int, seed: int, labelers: int = 1) -> list[Ranking]:
+    """A planted preference that a policy can learn quickly: shorter answers rank higher (equal length ties).
+    With ``labelers`` > 1 each answer set is ranked that many times, the later labelers swapping the top two
+    groups now and then (labelers who disagree, as the RM and DPO merge them)."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
         responses = [" ".join(rng.choices(WORDS, k=rng.randint(1, 12))) for _ in range(k)]
         lengths = sorted({len(r.split()) for r in responses})
         groups = [[j for j, r in enumerate(responses) if len(r.split()) == n_words] for n_words in lengths]
-        out.append(Ranking(f"Tell me something, please ({i}).", responses, groups, labeler="rule"))
+        for lab in range(labelers):
+            g = [groups[1], groups[0], *groups[2:]] if lab and len(groups) > 1 and rng.random() < 0.2 else groups
+            out.append(Ranking(f"Tell me something, please ({i}).", responses, g,
+                               labeler="rule" if labelers == 1 else f"l{lab}"))
     return out
 
 

@@ -54,6 +54,6 @@ def test_run_seed_offsets_every_stage_seed_but_not_the_world_or_evaluation():
     base = RunConfig()
     assert seeded(base) is base  # seed 0: the stages' configs, and so their fingerprints, are unchanged
     s2 = seeded(RunConfig(seed=2))
-    for stage in ("pretrain", "sft", "sample", "label", "rm", "ppo", "bon"):
+    for stage in ("pretrain", "sft", "sample", "label", "rm", "ppo", "bon", "dpo"):
         assert getattr(s2, stage).seed == getattr(base, stage).seed + 2000, stage
     assert s2.world == base.world and s2.eval == base.eval

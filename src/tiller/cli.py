@@ -22,6 +22,7 @@ from tiller.config import ConfigError, help_lines, load_config
 from tiller.data.cli import app as data_app
 from tiller.data.formats import DataError
 from tiller.distributed import launched_processes, rank
+from tiller.eval.judges import JudgeError
 from tiller.runs import run_dir
 from tiller.vllm_rollout import RolloutServerError
 
@@ -48,7 +49,7 @@ Force = Annotated[bool, typer.Option("--force", help="redo the stage even if its
 Overrides = Annotated[list[str] | None, typer.Argument(help="config overrides, key=value (dotted for nesting)")]
 
 
-DATA_PARALLEL = {"pretrain", "sft", "rm", "ppo", "bon"}  # the commands that run under torchrun / accelerate launch
+DATA_PARALLEL = {"pretrain", "sft", "rm", "ppo", "bon", "dpo"}  # the commands that run under torchrun / accelerate launch
 
 
 def user_errors(fn: F) -> F:
@@ -67,7 +68,8 @@ def user_errors(fn: F) -> F:
             quiet = contextlib.redirect_stdout(open(os.devnull, "w")) if rank() > 0 else contextlib.nullcontext()
             with quiet:
                 return fn(*args, **kwargs)
-        except (ConfigError, DataError, ChatFormatError, FileNotFoundError, TimeoutError, RolloutServerError) as e:
+        except (ConfigError, DataError, ChatFormatError, FileNotFoundError, TimeoutError, RolloutServerError,
+                JudgeError) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
 
@@ -265,6 +267,26 @@ def ppo_cmd(run: Run = "default", config: Config = None, force: Force = False, o
     show(metrics)
 
 
+@stage("dpo", "tiller.stages.dpo:DPOConfig")
+@user_errors
+def dpo_cmd(run: Run = "default", config: Config = None, force: Force = False, overrides: Overrides = None,
+            policy: Annotated[str | None, typer.Option(help="policy to start from (default: the run's sft)")] = None,
+            ref: Annotated[str | None, typer.Option(help="frozen reference policy (default: sft)")] = None,
+            rankings: Annotated[list[Path] | None, typer.Option(help="rankings JSONL (repeatable)")] = None,
+            out: Annotated[Path | None, typer.Option(help="output folder (default runs/NAME/policy-dpo)")] = None) -> None:
+    """Stage 3, offline: DPO from the rankings (no reward model, no sampling), against a frozen reference."""
+    from tiller.stages.dpo import DPOConfig, dpo
+
+    cfg = load_config(DPOConfig, config, overrides or [])
+    rd = run_dir(run)
+    sft = str(require(rd / "sft", "SFT model")) if not (policy and ref) else ""
+    files = [require(p, "rankings") for p in (rankings or [rd / "data/rankings.jsonl"])]
+    out = out or rd / "policy-dpo"
+    metrics = dpo(cfg, policy or sft, ref or sft, files, out, rd / "logs", force)
+    typer.echo(f"policy in {out}")
+    show(metrics)
+
+
 @stage("bon", "tiller.stages.best_of_n:BoNConfig")
 @user_errors
 def bon_cmd(run: Run = "default", config: Config = None, force: Force = False, overrides: Overrides = None,
@@ -330,14 +352,31 @@ def eval_cmd(policy: Annotated[str, typer.Option(help="policy folder")],
              headroom_rm: Annotated[str | None, typer.Option(
                  help="reward model: also compare the best of --headroom-n answers, picked by it and by the gold "
                       "judge, with the policy's own answer (how much a better RM could buy)")] = None,
-             headroom_n: Annotated[int, typer.Option(help="answers per prompt for --headroom-rm")] = 4) -> None:
-    """Judge a policy on held-out prompts with the world's gold labeler (and against a baseline)."""
+             headroom_n: Annotated[int, typer.Option(help="answers per prompt for --headroom-rm")] = 4,
+             judge: Annotated[str, typer.Option(
+                 help="who else judges the win rates against --baseline: world (the gold judge alone) or "
+                      "openai:URL[:MODEL], any OpenAI-compatible server (tiller serve included; URL is its base, "
+                      "e.g. http://127.0.0.1:8000/v1), asked both orders of every pair; its win rates are "
+                      "reported beside the gold ones. Key: OPENAI_API_KEY or TILLER_API_KEY")] = "world",
+             judge_template: Annotated[Path | None, typer.Option(
+                 help="the AI judge's prompt: a Jinja file showing {{ prompt }}, {{ answer_a }} and {{ answer_b }} "
+                      "(default: the packaged eval/templates/judge_pairwise.j2)")] = None,
+             judge_timeout: Annotated[float, typer.Option(
+                 help="seconds the AI judge may take per question (then retried twice)")] = 60.0) -> None:
+    """Judge a policy on held-out prompts with the world's gold labeler (and against a baseline), and
+    optionally with an AI judge (--judge openai:URL)."""
     from tiller.eval.evaluate import evaluate_policy, print_eval
+    from tiller.eval.judges import make_judge
 
     if headroom_rm and headroom_n < 2:
         raise ConfigError("--headroom-n must be at least 2")
+    if judge != "world" and not baseline:
+        raise ConfigError("--judge compares the policy with a baseline: give --baseline")
+    # before any answer is sampled: a wrong spec or template, or a server that is down, fails now
+    ai_judge = make_judge(judge, template=judge_template, timeout=judge_timeout)
     result = evaluate_policy(policy, world or run_dir(run) / "world", baseline=baseline,
-                             n_per_family=n_per_family, seed=seed, headroom_rm=headroom_rm, headroom_n=headroom_n)
+                             n_per_family=n_per_family, seed=seed, headroom_rm=headroom_rm, headroom_n=headroom_n,
+                             judge=ai_judge)
     print_eval(result)
 
 

@@ -184,6 +184,83 @@ def ranks_from_groups(groups: list[list[int]], k: int) -> list[int]:
     return [r for r in ranks if r is not None]
 
 
+# --- DPO: a policy trained on the rankings directly (Rafailov et al. 2023) ---------------------------
+
+
+def dpo_rewards(logprobs: Tensor, ref_logprobs: Tensor, beta: float) -> Tensor:
+    """DPO's implicit reward of each answer, beta * (log pi(y|x) - log pi_ref(y|x)): (B,K), (B,K) -> (B,K).
+
+    Inputs are *sequence* log-probabilities (summed over the answer's tokens). Under the KL-constrained RL
+    objective with coefficient beta, the optimal policy's reward is exactly this, up to a per-prompt constant
+    that cancels in every comparison of answers to one prompt (Rafailov et al. 2023, eq. 5)."""
+    return beta * (logprobs - ref_logprobs)
+
+
+def _reward_stats(rewards: Tensor, prefs: Tensor, valid: Tensor) -> dict[str, Tensor]:
+    """Implicit-reward statistics over the labelled pairs, each weighed by its share of labelers: accuracy (a
+    tie counts half), mean reward of the preferred and of the other answer, and their margin."""
+    valid = valid.bool()
+    both = valid.unsqueeze(2) & valid.unsqueeze(1)
+    w = torch.where(both, prefs.to(rewards.dtype), 0.0).detach()
+    r = rewards.detach().masked_fill(~valid, 0.0)
+    diff = r.unsqueeze(2) - r.unsqueeze(1)
+    n = w.sum().clamp_min(_EPS)
+    wins = (diff > 0).to(r.dtype) + 0.5 * (diff == 0).to(r.dtype)
+    chosen, rejected = (w * r.unsqueeze(2)).sum() / n, (w * r.unsqueeze(1)).sum() / n
+    return {"accuracy": (wins * w).sum() / n, "chosen": chosen, "rejected": rejected,
+            "margin": chosen - rejected, "n_pairs": w.sum()}
+
+
+def dpo_loss(logprobs: Tensor, ref_logprobs: Tensor, prefs: Tensor, valid: Tensor, beta: float,
+             weights: Tensor | None = None, label_smoothing: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """DPO over every labelled pair of a K-wise ranking: :func:`preference_loss` on the implicit rewards.
+
+    logprobs, ref_logprobs (B,K) sequence log-probs; prefs (B,K,K) the share of the item's labelers ranking i
+    above j (:func:`pair_preferences`; ties form no pair); valid (B,K). For K=2 and one labeler this is DPO's
+    -log sigmoid(beta * ((pi_w - ref_w) - (pi_l - ref_l))). For K > 2 it is the RM's convention (InstructGPT
+    eq. 1): the sum over pairs divided by C(K_b,2) whatever the ties, so a ranking weighs one element; with
+    ``weights`` = each item's number of rankings, a batch of merged items has exactly the loss of one element
+    per ranking (the loss is linear in prefs). ``label_smoothing`` eps is conservative DPO (cDPO, Mitchell
+    2023): each label is taken as flipped with probability eps, i.e. targets (1-eps) prefs + eps prefs^T.
+    stats (on the unsmoothed labels): ``accuracy``, ``chosen``, ``rejected``, ``margin``, ``n_pairs``."""
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    rewards = dpo_rewards(logprobs, ref_logprobs, beta)
+    targets = (1 - label_smoothing) * prefs + label_smoothing * prefs.transpose(1, 2)
+    loss, _ = preference_loss(rewards, targets, valid, weights)
+    return loss, _reward_stats(rewards, prefs, valid)
+
+
+def plackett_luce_loss(logprobs: Tensor, ref_logprobs: Tensor, ranks: Tensor, valid: Tensor, beta: float,
+                       weights: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """DPO's list loss (Rafailov et al. 2023, appendix A.3): the negative Plackett-Luce log-likelihood of a
+    ranking under the implicit rewards r = beta * (pi - ref), one ranking per row.
+
+    logprobs, ref_logprobs (N,K); ranks (N,K) long, 0 = best, equal ranks a tie; valid (N,K). loss_n =
+    -sum_i [r_i - logsumexp_{j in D_i} r_j], D_i = {i} and every answer ranked below i. Ties are unordered
+    within their group: each tied answer is picked ahead of all lower-ranked ones and never compared with its
+    peers (in neither numerator nor denominator), so ties add nothing, as in :func:`dpo_loss`; the last group's
+    terms are 0, and for K=2 this is DPO's pair loss. No division by K: the log-likelihood of one ranking.
+    The batch loss is the (``weights``-)weighted mean over rows with K_n >= 2. stats as :func:`dpo_loss`'s."""
+    valid = valid.bool()
+    rewards = dpo_rewards(logprobs, ref_logprobs, beta).masked_fill(~valid, 0.0)
+    eye = torch.eye(ranks.shape[1], dtype=torch.bool, device=ranks.device)
+    below = (ranks.unsqueeze(2) < ranks.unsqueeze(1)) & valid.unsqueeze(1)  # (N,K,K): j ranked below i
+    pool = (below | eye) & valid.unsqueeze(2)
+    lse = torch.logsumexp(rewards.unsqueeze(1).expand_as(pool).masked_fill(~pool, float("-inf")), dim=2)
+    terms = torch.where(valid, rewards - torch.where(valid, lse, 0.0), 0.0)
+    per_row = -terms.sum(1)
+    keep = valid.sum(1) >= 2
+    w_n = torch.ones_like(per_row) if weights is None else weights.to(per_row)
+    if bool(keep.any()):
+        loss = (per_row * w_n)[keep].sum() / w_n[keep].sum().clamp_min(_EPS)
+    else:
+        loss = rewards.sum() * 0.0
+    with torch.no_grad():
+        stats = _reward_stats(rewards, below.to(rewards.dtype), valid)
+    return loss, stats
+
+
 # --- PPO rewards and advantages ---------------------------------------------------------------------
 
 

@@ -7,7 +7,8 @@ The optional rule RM (``rule_rm_flags``) is Sparrow's harmlessness RM, trained f
 flags on the same rankings; RL subtracts its score when it is negative. It is off by default: in the one
 default-world run with it on (threshold 0, at the demonstrations' mean score), round 1's policy refused
 every harmless request; that run also had a weaker ptx term, so the two effects are not separated.
-Round 1 also trains the comparison arms (plain PPO without ptx, best-of-K) from the same reward model.
+Round 1 also trains the comparison arms: plain PPO without ptx and best-of-K from the same reward model, and
+DPO from round 1's rankings without one (``arms``).
 Every stage skips when its outputs are up to date and PPO resumes from its last checkpoint, so after a
 crash or ``kill -9`` the same command continues where it stopped.
 """
@@ -25,6 +26,7 @@ from tiller.labelers import LabelConfig, label
 from tiller.runs import atomic_write_text, clean_stale, fingerprint, is_done, write_manifest
 from tiller.scoring import RewardSource
 from tiller.stages.best_of_n import BoNConfig, best_of_n
+from tiller.stages.dpo import DPOConfig, dpo
 from tiller.stages.ppo import PPOConfig, train_ppo
 from tiller.stages.pretrain import PretrainConfig, pretrain
 from tiller.stages.reward import RMConfig, train_rm
@@ -58,7 +60,9 @@ class RunConfig:
                 "loop; the world (world.seed) and the evaluation prompts and sampling (eval.seed) stay, so their "
                 "win rates are measured on the same test set")
     base_model: str = field("", help="start from this HF model (folder or hub name) instead of pretraining one")
-    arms: list[str] = field(default_factory=lambda: ["ppo-noptx", "bon"], help="comparison arms trained in round 1")
+    arms: list[str] = field(default_factory=lambda: ["ppo-noptx", "bon", "dpo"],
+                            help="comparison arms trained in round 1: ppo-noptx, bon, dpo (DPO from SFT on round 1's "
+                                 "rankings, no RM)")
     later_round_iterations: int = field(0, help="RL iterations in rounds after the first (0: as round 1)")
     later_rounds_from: Literal["sft", "previous"] = field(
         "sft", help="where RL of rounds after the first starts: the SFT model (each round's policy is trained "
@@ -88,6 +92,7 @@ class RunConfig:
                                           kl_coef=0.05, ptx_coef=1.0, ptx_batch_size=8, ptx_block=64, eval_every=5),
         help="stage 3 (PPO-ptx)")
     bon: BoNConfig = field(default_factory=lambda: BoNConfig(k=4, n_prompts=400), help="best-of-K arm")
+    dpo: DPOConfig = field(default_factory=lambda: DPOConfig(lr=2e-4), help="DPO arm (arms: [..., dpo])")
     eval: EvalSettings = field(default_factory=EvalSettings, help="evaluation")
 
 
@@ -122,7 +127,8 @@ def seeded(cfg: RunConfig) -> RunConfig:
     return replace(cfg, seed=0, pretrain=replace(cfg.pretrain, seed=cfg.pretrain.seed + off),
                    sft=replace(cfg.sft, seed=cfg.sft.seed + off), sample=replace(cfg.sample, seed=cfg.sample.seed + off),
                    label=replace(cfg.label, seed=cfg.label.seed + off), rm=replace(cfg.rm, seed=cfg.rm.seed + off),
-                   ppo=replace(cfg.ppo, seed=cfg.ppo.seed + off), bon=replace(cfg.bon, seed=cfg.bon.seed + off))
+                   ppo=replace(cfg.ppo, seed=cfg.ppo.seed + off), bon=replace(cfg.bon, seed=cfg.bon.seed + off),
+                   dpo=replace(cfg.dpo, seed=cfg.dpo.seed + off))
 
 
 def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
@@ -193,6 +199,10 @@ def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
         if r == 1 and "bon" in cfg.arms:
             timer("bon-r1", best_of_n, cfg.bon, sft_dir, prompts, rd / "bon-r1", logs, rm_path=str(rm_dir), force=force)
             policies["bon-r1"] = str(rd / "bon-r1")
+        if r == 1 and "dpo" in cfg.arms:  # offline: round 1's rankings straight into the policy, no RM
+            dpo_cfg = replace(cfg.dpo, allow_empty=True)  # rankings of model samples: an empty answer is data
+            timer("dpo-r1", dpo, dpo_cfg, sft_dir, sft_dir, [ranked], rd / "policy-dpo-r1", logs, force)
+            policies["dpo-r1"] = str(rd / "policy-dpo-r1")
         policy = str(out)
     policies["final"] = policy
     from tiller.eval.pipeline_eval import evaluate_run

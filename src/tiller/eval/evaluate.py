@@ -1,5 +1,6 @@
 """Gold-judged evaluation on held-out prompts: scores per family, refusal and hallucination rates, win rates,
-and InstructGPT's metadata per policy (fig. 4, app. B) with win rates restricted to each aspect.
+and InstructGPT's metadata per policy (fig. 4, app. B) with win rates restricted to each aspect; optionally an
+AI judge's win rates beside the gold ones (``eval.judges``, issue #14).
 
 Only evaluation imports the world's judge; it stands in for the human evaluators of InstructGPT section 4
 (win rates against a baseline on prompts from held-out users).
@@ -9,13 +10,15 @@ from __future__ import annotations
 
 import math
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from tiller.config import ConfigError
+from tiller.eval.judges import JudgeReport, PairwiseJudge, judge_pairs
 from tiller.eval.results import CONSTRAINT_BUCKETS
 from tiller.models import load_policy
 from tiller.rollout import generate
@@ -53,13 +56,16 @@ class EvalResult:
     baseline_metadata: dict[str, dict[str, float]] = field(default_factory=dict)
     baseline_aspect_means: dict[str, dict[str, float]] = field(default_factory=dict)
     aspect_win_rate: dict[str, dict[str, float]] = field(default_factory=dict)  # aspect -> {rate, lo, hi, n, ties}
+    # an AI judge against the baseline (eval.judges): JudgeReport.to_json + template; empty for the gold judge alone
+    judge: dict[str, Any] = field(default_factory=dict)
+    judge_win_rate: dict[str, dict[str, float]] = field(default_factory=dict)  # as win_rate, + left_out per bucket
 
     def to_json(self) -> dict:
         return {"policy": self.policy, "baseline": self.baseline, "per_family": self.per_family,
                 "overall": self.overall, "win_rate": self.win_rate, "headroom": self.headroom,
                 "samples": self.samples[:50], "metadata": self.metadata, "aspect_means": self.aspect_means,
                 "baseline_metadata": self.baseline_metadata, "baseline_aspect_means": self.baseline_aspect_means,
-                "aspect_win_rate": self.aspect_win_rate}
+                "aspect_win_rate": self.aspect_win_rate, "judge": self.judge, "judge_win_rate": self.judge_win_rate}
 
 
 def test_prompts(world, n_per_family: int, seed: int, split: str = "test") -> tuple[list[Any], list[str]]:
@@ -202,6 +208,27 @@ def win_rates(judge, a: PolicyAnswers, b: PolicyAnswers) -> dict[str, dict[str, 
     return bucket_win_rates(a.families, constrained, outcomes)
 
 
+def judge_win_rates(families: list[str], constrained: list[bool],
+                    outcomes: list[float | None]) -> dict[str, dict[str, float]]:
+    """:func:`bucket_win_rates` of an AI judge's outcomes over the pairs it judged (both orders parsed), each
+    bucket with ``left_out``: its pairs without an outcome (a bucket with none judged has only ``n: 0``)."""
+    kept = [(f, c, o) for f, c, o in zip(families, constrained, outcomes, strict=True) if o is not None]
+    rates = bucket_win_rates([f for f, _, _ in kept], [c for _, c, _ in kept], [o for _, _, o in kept])
+    left: Counter[str] = Counter()
+    for fam, c, o in zip(families, constrained, outcomes, strict=True):
+        for b in (fam, CONSTRAINT_BUCKETS[0] if c else CONSTRAINT_BUCKETS[1], "overall"):
+            rates.setdefault(b, {"n": 0})
+            left[b] += o is None
+    order = [*dict.fromkeys(families), *CONSTRAINT_BUCKETS, "overall"]  # as bucket_win_rates orders them
+    return {b: {**rates[b], "left_out": left[b]} for b in order if b in rates}
+
+
+def judge_report_json(judge: PairwiseJudge, report: JudgeReport, max_failure_share: float) -> dict[str, Any]:
+    template = getattr(judge, "template_path", None)
+    return {**report.to_json(), "template": str(template) if template else None,
+            "max_failure_share": max_failure_share}
+
+
 @torch.no_grad()
 def corpus_loss(policy: str, corpus_valid: Path, max_docs: int = 400, block: int = 128) -> float:
     """Mean next-token loss on held-out pretraining text (the alignment tax of PPO vs PPO-ptx)."""
@@ -221,13 +248,20 @@ def corpus_loss(policy: str, corpus_valid: Path, max_docs: int = 400, block: int
 def evaluate_policy(policy: str, world_dir: Path, baseline: str | None = None, n_per_family: int = 60,
                     seed: int = 0, temperature: float = 0.7, world=None,
                     cache: dict[str, PolicyAnswers] | None = None, headroom_rm: str | None = None,
-                    headroom_n: int = 4) -> EvalResult:
+                    headroom_n: int = 4, judge: PairwiseJudge | None = None,
+                    judge_max_failure_share: float = 0.5) -> EvalResult:
     """Answer held-out test prompts with ``policy`` (and ``baseline``) and judge them with the gold labeler.
+
+    With ``judge`` (an AI judge, ``eval.judges``), also its win rate against ``baseline`` on the same answers:
+    ``judge_win_rate`` and its counts in ``judge`` (:func:`judge_pairs` raises past
+    ``judge_max_failure_share`` of unparsable replies).
 
     With ``headroom_rm``, also sample ``headroom_n`` more answers per prompt and compare the best of them,
     picked by that RM and by the gold judge, with the policy's own answer (:func:`eval.curves.headroom`)."""
     from tiller.world import load_world
 
+    if judge is not None and not baseline:
+        raise ConfigError("an AI judge compares two policies' answers: give a baseline (--baseline)")
     world = world or load_world(Path(world_dir))
     prompts, families = test_prompts(world, n_per_family, seed)
     cache = cache if cache is not None else {}
@@ -254,6 +288,11 @@ def evaluate_policy(policy: str, world_dir: Path, baseline: str | None = None, n
         meta = policy_metadata(base_judged)
         res.baseline_metadata, res.baseline_aspect_means = meta["metadata"], meta["aspect_means"]
         res.aspect_win_rate = aspect_win_rates(judged, base_judged)
+        if judge is not None:
+            report = judge_pairs(judge, prompts, ans.texts, base.texts, max_failure_share=judge_max_failure_share)
+            constrained = [bool(a["has_constraint"]) for a in judged]
+            res.judge = judge_report_json(judge, report, judge_max_failure_share)
+            res.judge_win_rate = judge_win_rates(families, constrained, report.outcomes)
     if headroom_rm:
         from tiller.eval.curves import policy_headroom
 
@@ -297,6 +336,25 @@ def aspect_win_lines(res: EvalResult) -> list[str]:
     return lines
 
 
+def judge_lines(res: EvalResult) -> list[str]:
+    """Which judge gave the win rates; for an AI judge, its counts, unparsable replies and win rates."""
+    if not res.win_rate:
+        return []
+    if not res.judge:
+        return ["win rates above: the world's gold judge"]
+    j = res.judge
+    lines = [f"win rates above: the world's gold judge; AI judge {j['judge']} (template {j['template']}):",
+             f"  {j['n_asked']} questions (both orders of {j['n_pairs']} pairs), {j['n_parse_failures']} replies "
+             f"not A, B or tie, {j['n_pairs_left_out']} pairs left out of its win rates"]
+    lines += [f"  unparsable: {e!r}" for e in j["failure_examples"]]
+    lines.append("AI judge win rate vs baseline (a win needs both orders to agree; ties count half)")
+    for bucket, w in res.judge_win_rate.items():
+        rate = _ci(w, "rate") if w["n"] else "–"
+        ties = f"ties {w['ties']:.1%}" if w["n"] else ""
+        lines.append(f"{bucket:<20}{rate:<36}{ties:<12}left out {w['left_out']}")
+    return lines
+
+
 def print_eval(res: EvalResult) -> None:
     print(f"policy {res.policy}")
     print(f"{'family':<12}{'score':>8}{'correct':>9}{'refusal':>9}{'halluc.':>9}" + ("  win rate vs baseline" if res.win_rate else ""))
@@ -312,6 +370,8 @@ def print_eval(res: EvalResult) -> None:
         if bucket in res.win_rate:
             print(f"{'prompts ' + bucket:<47}  {_ci(res.win_rate[bucket], 'rate')}")
     for line in metadata_lines(res) + aspect_win_lines(res):
+        print(line)
+    for line in judge_lines(res):
         print(line)
     if res.headroom:
         print("headroom: the best of n more answers against the policy's own answer (gold win rate)")

@@ -40,6 +40,8 @@ COMPARISONS = [  # (name in the report, policy A, policy B)
     ("bon vs sft", "bon-r1", "sft"),
     ("ppo-ptx vs ppo", "ppo-ptx-r1", "ppo-noptx-r1"),
     ("ppo-ptx vs bon", "ppo-ptx-r1", "bon-r1"),
+    ("dpo vs sft", "dpo-r1", "sft"),
+    ("ppo-ptx vs dpo", "ppo-ptx-r1", "dpo-r1"),
     ("round 2 vs round 1", "ppo-ptx-r2", "ppo-ptx-r1"),
     ("round 3 vs round 2", "ppo-ptx-r3", "ppo-ptx-r2"),
 ]
