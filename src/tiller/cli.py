@@ -22,7 +22,7 @@ from tiller.config import ConfigError, help_lines, load_config
 from tiller.data.cli import app as data_app
 from tiller.data.formats import DataError
 from tiller.distributed import launched_processes, rank
-from tiller.eval.judges import JudgeError
+from tiller.judges import JudgeError
 from tiller.runs import run_dir
 from tiller.vllm_rollout import RolloutServerError
 
@@ -187,7 +187,7 @@ def sample_cmd(run: Run = "default", config: Config = None, force: Force = False
 @stage("label", "tiller.labelers:LabelConfig")
 @user_errors
 def label_cmd(run: Run = "default", config: Config = None, overrides: Overrides = None,
-              labeler: Annotated[str | None, typer.Option(help="world | app | rm")] = None,
+              labeler: Annotated[str | None, typer.Option(help="world | app | rm | judge")] = None,
               samples: Annotated[Path | None, typer.Option(help="samples JSONL to rank")] = None,
               out: Annotated[Path | None, typer.Option(help="rankings JSONL to write")] = None) -> None:
     """Rank sampled answers: simulated labelers (world), people in the web app (app), or a reward model (rm)."""
@@ -321,11 +321,11 @@ def run_cmd(run: Run = "default", config: Config = None, force: Force = False, o
     typer.echo(f"\nreport: {report}")
     results = json.loads((report.parent / "results.json").read_text())
     evals = {n: e for n, e in results.get("evals", {}).items() if n != "final"}
-    if evals:  # gold score per family for every policy of the run
+    if any("score" in e["overall"] for e in evals.values()):  # gold score per family (a project run has none)
         families = sorted({f for e in evals.values() for f in e["per_family"]})
         typer.echo("\ngold score" + "".join(f"{n:>14}" for n in evals))
         for fam in [*families, "overall"]:
-            row = [e["per_family"].get(fam, e["overall"])["score"] for e in evals.values()]
+            row = [e["per_family"].get(fam, e["overall"]).get("score", float("nan")) for e in evals.values()]
             typer.echo(f"{fam:<10}" + "".join(f"{x:>14.3f}" for x in row))
     summary = report.parent / "metrics.json"
     if summary.is_file():
@@ -357,21 +357,58 @@ def eval_cmd(policy: Annotated[str, typer.Option(help="policy folder")],
                  help="who else judges the win rates against --baseline: world (the gold judge alone) or "
                       "openai:URL[:MODEL], any OpenAI-compatible server (tiller serve included; URL is its base, "
                       "e.g. http://127.0.0.1:8000/v1), asked both orders of every pair; its win rates are "
-                      "reported beside the gold ones. Key: OPENAI_API_KEY or TILLER_API_KEY")] = "world",
+                      "reported beside the gold ones. Key: OPENAI_API_KEY or TILLER_API_KEY. Or app: people "
+                      "rank the answers blind in `tiller app` (the --also ... --out options)")] = "world",
              judge_template: Annotated[Path | None, typer.Option(
                  help="the AI judge's prompt: a Jinja file showing {{ prompt }}, {{ answer_a }} and {{ answer_b }} "
                       "(default: the packaged eval/templates/judge_pairwise.j2)")] = None,
              judge_timeout: Annotated[float, typer.Option(
-                 help="seconds the AI judge may take per question (then retried twice)")] = 60.0) -> None:
+                 help="seconds the AI judge may take per question (then retried twice)")] = 60.0,
+             also: Annotated[list[str] | None, typer.Option(
+                 help="--judge app: another policy to compare, PATH or NAME=PATH (repeatable). Each policy is "
+                      "named by its folder (runs/x/policy-r3: policy-r3) unless given as NAME=PATH, which "
+                      "--policy and --baseline accept too")] = None,
+             prompts: Annotated[Path | None, typer.Option(
+                 help="--judge app: held-out prompts, a PromptRecord JSONL (only its test split if it has "
+                      "splits); default: the world's test prompts (--n-per-family per family)")] = None,
+             n_prompts: Annotated[int | None, typer.Option(
+                 help="--judge app: at most this many of the prompts (a seeded sample)")] = None,
+             db: Annotated[str, typer.Option(
+                 help="--judge app: the app's database, sqlite:///file.db or postgresql+psycopg://...")]
+                 = "sqlite:///feedback.db",
+             batch: Annotated[str | None, typer.Option(
+                 help="--judge app: the ranking batch's name (default human-eval-RUN); the same name again "
+                      "resumes waiting, nothing is imported twice")] = None,
+             overlap: Annotated[int, typer.Option(help="--judge app: labelers per prompt")] = 1,
+             timeout: Annotated[float | None, typer.Option(
+                 help="--judge app: stop waiting for labelers after this many seconds (default: wait)")] = None,
+             poll: Annotated[float, typer.Option(help="--judge app: seconds between looks at the batch")] = 5.0,
+             out: Annotated[Path | None, typer.Option(
+                 help="--judge app: folder of the key, labels, results and page (default runs/NAME/human-eval)")]
+                 = None) -> None:
     """Judge a policy on held-out prompts with the world's gold labeler (and against a baseline), and
-    optionally with an AI judge (--judge openai:URL)."""
+    optionally with an AI judge (--judge openai:URL); or with people (--judge app): every policy's answers
+    ranked blind in `tiller app`, then win rates against the baseline, Likert, flags and Elo."""
     from tiller.eval.evaluate import evaluate_policy, print_eval
-    from tiller.eval.judges import make_judge
+    from tiller.judges import make_judge
 
     if headroom_rm and headroom_n < 2:
         raise ConfigError("--headroom-n must be at least 2")
     if judge != "world" and not baseline:
         raise ConfigError("--judge compares the policy with a baseline: give --baseline")
+    if judge == "app":
+        from tiller.eval import human
+
+        if headroom_rm or judge_template:
+            raise ConfigError("--headroom-rm and --judge-template are for the gold and AI judges, not --judge app")
+        assert baseline  # checked above
+        where = run_dir(run)
+        chosen = human.held_out_prompts(prompts, world or where / "world", n_per_family, n_prompts, seed)
+        page = human.run_human_eval(human.policy_specs(policy, baseline, also or []), human.named_policy(baseline)[0],
+                                    chosen, db, batch or human.default_batch(where.name), out or where / "human-eval",
+                                    overlap=overlap, seed=seed, poll_s=poll, timeout_s=timeout)
+        typer.echo(f"report: {page}")
+        return
     # before any answer is sampled: a wrong spec or template, or a server that is down, fails now
     ai_judge = make_judge(judge, template=judge_template, timeout=judge_timeout)
     result = evaluate_policy(policy, world or run_dir(run) / "world", baseline=baseline,
@@ -413,6 +450,21 @@ def plan_cmd(model: Annotated[str, typer.Option(help="config.json, model folder,
                     accelerator=accelerator, device_memory=device_memory, overhead=overhead)
     result = plan(from_dict(PlanConfig, settings, "tiller plan"))
     typer.echo(result.to_json() if as_json else result.table())
+
+
+@app.command("status")
+@user_errors
+def status_cmd(run: Run = "default",
+               as_json: Annotated[bool, typer.Option("--json", help="print the status as JSON")] = False) -> None:
+    """Where a run stands: its stage and round, the stages done, and while a round waits for people the
+    rankings done and needed per labeler, their agreement so far, and what comes next."""
+    from tiller.status import format_status, run_status
+
+    rd = run_dir(run)
+    if not rd.is_dir():
+        raise ConfigError(f"no run folder {rd}")
+    st = run_status(rd)
+    typer.echo(json.dumps(st.to_dict(), indent=2) if as_json else format_status(st))
 
 
 def _mount_optional() -> None:

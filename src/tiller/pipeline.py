@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from tiller.config import field, to_dict
+from tiller.config import ConfigError, field, to_dict
 from tiller.labelers import LabelConfig, label
+from tiller.project import DataConfig, Sources
 from tiller.runs import atomic_write_text, clean_stale, fingerprint, is_done, write_manifest
 from tiller.scoring import RewardSource
 from tiller.stages.best_of_n import BoNConfig, best_of_n
@@ -45,6 +47,29 @@ class EvalSettings:
         4, help="best-of-n headroom: this many SFT answers per test prompt, the best picked by the last RM and by "
                 "the gold judge, each against one SFT answer; shows how much a better RM could buy (0: off)")
     seed: int = field(1234, help="sampling seed of evaluation")
+    judges: list[str] = field(
+        default_factory=lambda: ["world"],
+        help="who judges the policies: world (the embedded world's gold judge), app (people in `tiller app` rank a "
+             "blinded comparison batch of eval.compare's answers; the run waits, like label.labeler: app), "
+             "openai:URL[:MODEL] (an OpenAI-compatible server asked both orders of every pair); the report names them")
+    judge_template: str = field("", help="the AI judge's Jinja prompt ('' : the packaged eval/templates/judge_pairwise.j2)")
+    judge_timeout: float = field(60.0, help="seconds the AI judge may take per question")
+    compare: list[str] = field(default_factory=lambda: ["final", "sft", "base"],
+                               help="judges app: the policies whose answers people rank side by side")
+    baseline: str = field("sft", help="judges app: win rates are against this policy")
+    n_prompts: int = field(100, help="held-out prompts the app and AI judges see (people's time is dear)")
+    app_overlap: int = field(1, help="judges app: labelers per comparison")
+
+    def validate(self) -> None:
+        from tiller.judges import parse_judge_spec
+
+        for j in self.judges:
+            if j not in ("world", "app"):
+                parse_judge_spec(j)  # a ConfigError-like JudgeError for anything else
+        if "app" in self.judges and len(self.compare) < 2:
+            raise ConfigError("eval.compare: people compare at least two policies")
+        if self.n_prompts < 1 or self.app_overlap < 1:
+            raise ConfigError("eval.n_prompts and eval.app_overlap must be at least 1")
 
 
 @dataclass
@@ -76,7 +101,8 @@ class RunConfig:
         help="Sparrow's rule RM: each round also trains a harmlessness RM from these labeler flags (flagged "
              "answers rank below the others, e.g. [harmful_advice, violent]) and RL subtracts its score when "
              "below 0; [] (the default) leaves it out")
-    world: WorldConfig = field(default_factory=WorldConfig, help="the embedded world")
+    data: DataConfig = field(default_factory=DataConfig, help="where prompts and demonstrations come from")
+    world: WorldConfig = field(default_factory=WorldConfig, help="the embedded world (data.source: world)")
     pretrain: PretrainConfig = field(
         default_factory=lambda: PretrainConfig(arch="llama", batch_size=8, lr=0.002, max_tokens=2_000_000,
                                                max_minutes=4.5), help="stage 0")
@@ -103,12 +129,15 @@ KEY_METRICS = ("eval/perplexity", "loss/eval", "sets", "rankings", "eval/accurac
 class Timer:
     """Runs a stage, prints its name, time and key metrics, and remembers how long it took."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_start: Callable[[str], None] | None = None) -> None:
         self.seconds: dict[str, float] = {}
+        self.on_start = on_start
 
     def __call__(self, name: str, fn, *args, **kwargs):
         t = time.time()
         print(f"== {name}", flush=True)
+        if self.on_start:
+            self.on_start(name)
         out = fn(*args, **kwargs)
         self.seconds[name] = time.time() - t
         shown = ""
@@ -131,28 +160,83 @@ def seeded(cfg: RunConfig) -> RunConfig:
                    dpo=replace(cfg.dpo, seed=cfg.dpo.seed + off))
 
 
-def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
-    """Run (or resume) the whole loop in ``rd``; returns the report's path."""
-    from tiller.world import build_world, load_world
+def world_sources(cfg: RunConfig, rd: Path, timer: Timer, force: bool) -> Sources:
+    """The embedded world's files (built when missing or when ``world`` changed) and, unless ``base_model`` is
+    set, a base model pretrained on its corpus."""
+    from tiller.world import build_world
 
-    start = time.time()
-    rd.mkdir(parents=True, exist_ok=True)
-    clean_stale(rd)
-    atomic_write_text(rd / "run-config.json", json.dumps(to_dict(cfg), indent=2))
-    cfg = seeded(cfg)
-    timer = Timer()
-    wd, logs, data = rd / "world", rd / "logs", rd / "data"
+    wd = rd / "world"
     manifest = wd / "manifest.json"
     if force or not manifest.is_file() or json.loads(manifest.read_text()).get("config") != to_dict(cfg.world):
         timer("world", build_world, cfg.world, wd)
-    world = load_world(wd)  # for evaluation at the end: the training stages below see only its files
-    prompts = wd / "prompts.jsonl"
-    base = cfg.base_model or str(rd / "base")
     if not cfg.base_model:
         timer("pretrain", pretrain, cfg.pretrain, wd / "corpus-train.jsonl", wd / "corpus-valid.jsonl",
-              rd / "base", logs, force)
+              rd / "base", rd / "logs", force)
+    return Sources(prompts=wd / "prompts.jsonl", demos=wd / "demos.jsonl", ptx_corpus=wd / "corpus-train.jsonl",
+                   world_dir=wd)
+
+
+def _waiting(rd: Path, fn: Callable[..., Any], people: bool, r: int | None, batch: str, db: str) -> Callable[..., Any]:
+    """``fn``, which waits for people in ``tiller app`` when ``people``: the status then says which batch it
+    waits on (after the Timer's "running"), so `tiller status` and the admin page can show its progress."""
+    if not people:
+        return fn
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        from tiller.status import write_status
+
+        name = "eval" if r is None else f"label-r{r}"
+        write_status(rd, name, state="waiting", round=r, batch=batch, db=db)
+        return fn(*args, **kwargs)
+
+    return run
+
+
+def _round_of(stage: str) -> int | None:
+    tail = stage.rsplit("-r", 1)
+    return int(tail[1]) if len(tail) == 2 and tail[1].isdigit() else None
+
+
+def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
+    """Run (or resume) the whole loop in ``rd``; returns the report's path. ``rd/status.json`` says where it
+    stands (``tiller status``)."""
+    from tiller import project
+    from tiller.status import mark_failed
+
+    project.validate(cfg)  # a bad project fails here, before any work
+    rd.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(cfg, rd, force)
+    except BaseException as e:  # the status says the run stopped and why; kill -9 leaves a dead pid instead
+        mark_failed(rd, f"{type(e).__name__}: {e}"[:500])
+        raise
+
+
+def _run(cfg: RunConfig, rd: Path, force: bool) -> Path:
+    from tiller import project
+    from tiller.status import write_status
+
+    start = time.time()
+    clean_stale(rd)
+    atomic_write_text(rd / "run-config.json", json.dumps(to_dict(cfg), indent=2))
+    cfg = seeded(cfg)
+    timer = Timer(on_start=lambda name: write_status(rd, name, round=_round_of(name)))
+    logs, data = rd / "logs", rd / "data"
+    if cfg.data.source == "world":
+        src = world_sources(cfg, rd, timer, force)
+    else:
+        def waiting_demos(batch: str) -> None:
+            print(f"waiting for demonstration batch {batch!r} at `tiller app` ...", flush=True)
+            write_status(rd, "data", state="waiting", batch=batch, db=cfg.label.db)
+
+        src = timer("data", project.prepare, cfg, rd, waiting_demos, force)
+    from tiller.world import load_world
+
+    world = load_world(src.world_dir) if src.world_dir else None  # for evaluation only: the stages see files
+    prompts = src.prompts
+    base = cfg.base_model or str(rd / "base")
     sft_dir = str(rd / "sft")
-    timer("sft", sft, cfg.sft, base, wd / "demos.jsonl", rd / "sft", logs, force)
+    timer("sft", sft, cfg.sft, base, src.demos, rd / "sft", logs, force)
     policies = {"base": base, "sft": sft_dir}
     rm_metrics: dict[str, dict] = {}
     rms: dict[str, tuple[Path, list[Path]]] = {}  # round -> (RM folder, the rankings it learned from), for eval
@@ -165,21 +249,28 @@ def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
             s_cfg = replace(s_cfg, mix_with=sft_dir, mix_k=cfg.later_rounds_sft_k)
         timer(f"sample-r{r}", sample, s_cfg, policy, prompts, samples, force)
         ranked = data / f"rankings-r{r}.jsonl"
-        l_cfg = replace(cfg.label, world=cfg.label.world or str(wd), seed=cfg.label.seed + r)
-        l_fp = fingerprint("label", l_cfg, {"samples": samples, "world": wd / "manifest.json"})
+        l_cfg = replace(cfg.label, seed=cfg.label.seed + r)
+        l_inputs: dict[str, str | Path] = {"samples": samples}
+        if src.world_dir:
+            l_cfg = replace(l_cfg, world=cfg.label.world or str(src.world_dir))
+            l_inputs["world"] = src.world_dir / "manifest.json"
+        if cfg.label.labeler == "app":  # a batch per round; one database may serve several runs
+            l_cfg = replace(l_cfg, batch=f"{cfg.label.batch or rd.name + '-samples'}-r{r}")
+        l_fp = fingerprint("label", l_cfg, l_inputs)
         if force or not ranked.is_file() or not is_done(ranked.with_suffix(".manifest"), l_fp):
-            m = timer(f"label-r{r}", label, l_cfg, samples, ranked)
+            m = timer(f"label-r{r}", _waiting(rd, label, cfg.label.labeler == "app", r, l_cfg.batch, l_cfg.db),
+                      l_cfg, samples, ranked)
             write_manifest(ranked.with_suffix(".manifest"), stage="label", fingerprint=l_fp, config=l_cfg, metrics=m)
         rankings.append(ranked)
         rm_dir = rd / f"rm-r{r}"
         rm_cfg = replace(cfg.rm, allow_empty=True)  # rankings of model samples: an empty answer is data
-        m = timer(f"rm-r{r}", train_rm, rm_cfg, sft_dir, list(rankings), wd / "demos.jsonl", rm_dir, logs, force)
+        m = timer(f"rm-r{r}", train_rm, rm_cfg, sft_dir, list(rankings), src.demos, rm_dir, logs, force)
         rm_metrics[f"r{r}"], rms[f"r{r}"] = m, (rm_dir, list(rankings))
         ppo_cfg = cfg.ppo
         if cfg.rule_rm_flags and not cfg.ppo.rewards:
             rule_dir = rd / f"rm-harmless-r{r}"
             rule_cfg = replace(rm_cfg, label_source="flags:" + ",".join(cfg.rule_rm_flags), normalize_std=False)
-            timer(f"rm-harmless-r{r}", train_rm, rule_cfg, sft_dir, list(rankings), wd / "demos.jsonl", rule_dir,
+            timer(f"rm-harmless-r{r}", train_rm, rule_cfg, sft_dir, list(rankings), src.demos, rule_dir,
                   logs, force)
             ppo_cfg = replace(ppo_cfg, rewards=[RewardSource(kind="rm", path=str(rm_dir), name="helpful"),
                                                 RewardSource(kind="rm", path=str(rule_dir), name="harmless",
@@ -189,7 +280,7 @@ def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
         out = rd / f"policy-r{r}"
         start_from = policy if (r == 1 or cfg.later_rounds_from == "previous") else sft_dir
         timer(f"ppo-r{r}", train_ppo, ppo_cfg, start_from, sft_dir, prompts, out, logs, rm_path=str(rm_dir),
-              ptx_corpus=wd / "corpus-train.jsonl", force=force)
+              ptx_corpus=src.ptx_corpus, force=force)
         policies[f"ppo-ptx-r{r}"] = str(out)
         if r == 1 and "ppo-noptx" in cfg.arms:
             noptx = replace(ppo_cfg, ptx_coef=0.0)
@@ -207,7 +298,8 @@ def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
     policies["final"] = policy
     from tiller.eval.pipeline_eval import evaluate_run
 
-    results = timer("eval", evaluate_run, cfg, rd, world, policies, rms, rm_metrics)
+    results = timer("eval", _waiting(rd, evaluate_run, "app" in cfg.eval.judges, None, f"{rd.name}-eval", cfg.label.db),
+                    cfg, rd, world, policies, rms, rm_metrics, prompts=src.test_prompts)
     results.stage_seconds = dict(timer.seconds)
     results.seconds_total = time.time() - start
     ppo_logs = [f"ppo-policy-r{r}" for r in range(1, cfg.rounds + 1)] + ["ppo-policy-noptx-r1"]
@@ -217,5 +309,6 @@ def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
     report_dir = rd / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(report_dir / "results.json", json.dumps(results.to_dict(), indent=2, default=str))
-    return write_report(results, report_dir)
-
+    report = write_report(results, report_dir)
+    write_status(rd, "report", state="done", report=str(report))
+    return report

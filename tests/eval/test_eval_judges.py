@@ -8,18 +8,15 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
-from helpers import live_server
-from tiller.chat import END, ROLE_TOKENS
+from helpers import served_model, tiny_judge_model
 from tiller.config import ConfigError
 from tiller.eval.evaluate import EvalResult, PolicyAnswers, evaluate_policy, judge_win_rates, print_eval
 from tiller.eval.evaluate import test_prompts as held_out_prompts  # not test_*: pytest would collect it
-from tiller.eval.judges import (
+from tiller.judges import (
     DEFAULT_TEMPLATE,
     JudgeError,
     OpenAIJudge,
@@ -32,7 +29,6 @@ from tiller.eval.judges import (
     prompt_text,
 )
 
-SPECIAL = [*ROLE_TOKENS.values(), END, "<|pad|>", "<|endoftext|>"]
 PROMPTS = ["What is 2 + 3?", [{"role": "user", "content": "Tell me a story about a cat."}],
            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
             {"role": "user", "content": "Name a colour."}]]
@@ -126,57 +122,22 @@ def test_judge_win_rates_leave_unjudged_pairs_out_and_count_them():
 
 # -- against real servers ---------------------------------------------------------------------------------
 
-def _tiny_model(path: Path, always: str | None = None) -> Path:
-    """A one-layer GPT-2 with a byte-level BPE and the chat markers (as tests/serve/conftest.py builds it),
-    with room for the packaged template. ``always``: the model's every next token is this one (the final
-    layer norm outputs a constant, its tied embedding scaled up)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIAL,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(["Which answer is better? Answer A or answer B.", "The cat sat on the mat."], trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|pad|>")
-    tok.add_special_tokens({"additional_special_tokens": [*ROLE_TOKENS.values(), END]})
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tok), n_layer=1, n_head=2, n_embd=32, n_positions=2048,
-                        initializer_range=0.5, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
-                        pad_token_id=tok.pad_token_id)
-    model = GPT2LMHeadModel(config)
-    if always is not None:
-        with torch.no_grad():
-            wte = model.transformer.wte.weight  # tied to lm_head: logits = wte @ ln_f's output
-            i = tok.convert_tokens_to_ids(always)
-            wte[i] *= 10
-            model.transformer.ln_f.weight.zero_()
-            model.transformer.ln_f.bias.copy_(wte[i])
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 class Served:
     """A live `tiller serve` app over a tiny model, recording the last message of every request it gets;
     ``fail_next``: that many requests fail inside the engine (the server answers 500)."""
 
     def __init__(self, url: str, engine: Any, asked: list[str]) -> None:
-        self.url, self.engine, self.asked = f"{url}/v1", engine, asked
+        self.url, self.engine, self.asked = url, engine, asked
         self.fail_next = 0
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> Iterator[dict[str, Served]]:
-    from tiller.serve.api import create_app
-    from tiller.serve.engine import ChatEngine
-
     out: dict[str, Served] = {}
     with ExitStack() as servers:
         for name, always in (("random", None), ("always_a", "A")):
-            path = _tiny_model(tmp_path_factory.mktemp(name), always)
-            engine = ChatEngine(str(path), device="cpu", model_name=f"tiny-{name}")
+            path = tiny_judge_model(tmp_path_factory.mktemp(name), always)
+            url, engine = servers.enter_context(served_model(path, f"tiny-{name}"))
             stream = engine.stream
 
             def recording(messages, *args, _stream=stream, _name=name, **kwargs):  # observes, then serves
@@ -187,8 +148,8 @@ def served(tmp_path_factory) -> Iterator[dict[str, Served]]:
                     raise RuntimeError("the engine failed (on purpose)")
                 return _stream(messages, *args, **kwargs)
 
-            engine.stream = recording  # type: ignore[method-assign]
-            out[name] = Served(servers.enter_context(live_server(create_app(engine))), engine, [])
+            engine.stream = recording  # type: ignore[method-assign]  # the app looks it up per request
+            out[name] = Served(url, engine, [])
         yield out
 
 

@@ -276,3 +276,173 @@ def test_report_shows_instructgpt_metadata_and_aspect_win_rates(tmp_path):
     assert metrics["metadata/follows_constraints/sft"] == 0.4 and metrics["metadata/harmful/final"] == 0.2
     assert metrics["aspect_mean/likert/final"] == 4.5 and metrics["aspect_win_rate/final_vs_sft/constraint"] == 0.8
     assert metrics["win_rate/final_vs_sft_ties"] == 0.2 and metrics["win_rate/final_vs_sft_losses"] == 0.175
+
+
+# -- other judges (issue #14) ---------------------------------------------------------------------------------
+
+AI = "openai:http://127.0.0.1:8000/v1:judge-7b"
+AI2 = "openai:http://10.0.0.2:9000/v1"
+
+
+def ai_rate(rate, lo, hi, n, left_out, ties=0.2):
+    return {"rate": rate, "lo": lo, "hi": hi, "n": n, "ties": ties, "wins": rate - ties / 2,
+            "losses": 1 - rate - ties / 2, "left_out": left_out}
+
+
+# an AI judge's results as evaluate_run writes them for a world run: per family, the constraint buckets, overall
+AI_JUDGE = {
+    "judge": AI, "template": "/work/judge.j2", "n_prompts": 100, "n_asked": 400, "n_parse_failures": 3,
+    "n_pairs": 200, "n_pairs_left_out": 2, "failure_examples": ["<b>A</b> maybe", "I cannot say"],
+    "max_failure_share": 0.5,
+    "win_rates": {"final vs sft": {"arithmetic": ai_rate(0.7, 0.55, 0.85, 33, 1),
+                                   "overall": ai_rate(0.64, 0.55, 0.73, 99, 1)},
+                  "final vs base": {"overall": ai_rate(0.81, 0.74, 0.88, 99, 1)}},
+    "elo": {"sft": 1000.0, "ppo-ptx-r2": 1102.0, "base": 890.0},
+    "elo_intervals": {"sft": [1000.0, 1000.0], "ppo-ptx-r2": [1050.0, 1150.0], "base": [840.0, 950.0]},
+}
+
+
+def test_world_run_with_ai_judges(tmp_path):
+    results = FULL | {"judged_by": ["world", AI, AI2], "judges": {
+        AI: AI_JUDGE, AI2: {"judge": AI2 + ":m2", "n_asked": 8, "n_parse_failures": 0, "n_pairs": 4,
+                            "win_rates": {"final vs sft": {"overall": ai_rate(0.5, 0.1, 0.9, 4, 0)}}}}}
+    html = write_report(RunResults.from_dict(results), tmp_path).read_text()
+    assert ("<p class=\"judged\">Judged by: the embedded world&#x27;s gold judge; an AI judge "
+            "(openai:http://127.0.0.1:8000/v1, model judge-7b); an AI judge (openai:http://10.0.0.2:9000/v1, "
+            "model m2)</p>") in html
+    # the headline stays the gold judge's (the first of judged_by)
+    assert "ppo-ptx-r2 vs SFT: gold win rate" in html and "AI judge win rate</div>" not in html
+    assert "Win rates and Elo below: the embedded world&#x27;s gold judge." in html
+    # a section per AI judge: its counts, unparsable replies (escaped), win rates with intervals, Elo
+    section = html[html.index(f"<h2>AI judge: {AI}</h2>"):html.index(f"<h2>AI judge: {AI2}:m2</h2>")]
+    assert "was asked 400 questions: both orders of\n200 pairs of answers on 100\nheld-out prompts" in section
+    assert "with the template /work/judge.j2" in section
+    assert "<b>3</b>\nreplies were not A, B or tie, so <b>2</b> pairs are left out" in section
+    assert "<li><code>&lt;b&gt;A&lt;/b&gt; maybe</code></li><li><code>I cannot say</code></li>" in section
+    assert table_after(section, "<table>") == (
+        ["comparison", "win rate", "95% CI", "n", "wins", "ties", "losses", "left out"],
+        [["final vs sft", "64.0%", "[55.0%, 73.0%]", "99", "54.0%", "20.0%", "26.0%", "1"],
+         ["final vs base", "81.0%", "[74.0%, 88.0%]", "99", "71.0%", "20.0%", "9.0%", "1"]])
+    assert table_after(section, "<h3>Elo from its verdicts</h3>")[1] == [
+        ["sft", "1000", "[1000, 1000]"], ["ppo-ptx-r2", "1102", "[1050, 1150]"], ["base", "890", "[840, 950]"]]
+    assert '<img src="winrates-ai.png" alt="AI judge win rate per family' in section
+    check_png(tmp_path / "winrates-ai.png", (7, None))
+    check_png(tmp_path / "winrates-ai-2.png", (7, 1.4))  # overall only: one panel, one bar (0.3 + 0.8 + 0.3 in)
+    assert sorted(re.findall(r'<img src="([^"]*)"', html)) == sorted(PNGS + ["winrates-ai.png", "winrates-ai-2.png"])
+
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["win_rate/final_vs_sft"] == 0.725  # the gold judge's, as before
+    assert metrics["win_rate/ai/final_vs_sft"] == 0.64 and metrics["win_rate/ai/final_vs_sft_lo"] == 0.55
+    assert metrics["win_rate/ai/final_vs_base_ties"] == 0.2 and metrics["win_rate/ai-2/final_vs_sft"] == 0.5
+    assert metrics["judge/ai/parse_failures"] == 3 and metrics["judge/ai/pairs_left_out"] == 2
+    assert metrics["judge/ai/asked"] == 400 and metrics["judge/ai-2/parse_failures"] == 0
+    assert metrics["elo/ai/ppo-ptx-r2"] == 1102.0 and metrics["elo/ai/final"] == 1102.0
+    assert "win_rate/ai/arithmetic" not in json.dumps(metrics)  # families stay in the page
+
+
+def test_old_results_are_judged_by_the_gold_judge(tmp_path):
+    html = write_report(RunResults.from_dict(FULL), tmp_path).read_text()
+    assert '<p class="judged">Judged by: the embedded world&#x27;s gold judge</p>' in html
+    empty = write_report(RunResults(), tmp_path / "empty").read_text()
+    assert "Judged by" not in empty and "Win rates and Elo below" not in empty
+
+
+def human_eval_by_hand():
+    from tiller.eval.human import HumanEval
+
+    return HumanEval.from_dict({
+        "batch": "proj-eval", "baseline": "sft", "policies": ["final", "sft", "base"], "n_items": 20, "n_labels": 40,
+        "labelers": ["ana", "ben", "cy"],
+        "win_rates": {"final": {"rate": 0.625, "lo": 0.52, "hi": 0.73, "n": 40, "ties": 0.15, "wins": 0.55,
+                                "losses": 0.3},
+                      "base": {"rate": 0.3, "lo": 0.17, "hi": 0.43, "n": 40, "ties": 0.1, "wins": 0.25, "losses": 0.65}},
+        "likert": {p: {"value": v, "lo": v - 0.3, "hi": v + 0.3, "n": 40} for p, v in (("final", 5.1), ("sft", 4.4),
+                                                                                     ("base", 3.2))},
+        "flags": {p: {"hallucination": {"value": s, "lo": s / 2, "hi": s * 2, "n": 40}}
+                  for p, s in (("final", 0.1), ("sft", 0.2), ("base", 0.3))},
+        "elo": {"sft": 1000.0, "final": 1088.0, "base": 850.0},
+        "elo_intervals": {"sft": [1000.0, 1000.0], "final": [1010.0, 1160.0], "base": [780.0, 920.0]}})
+
+
+def rm_est(v):
+    return {"value": v, "lo": v - 0.1, "hi": v + 0.1, "n": 50}
+
+
+# a project run (no world): the user's base model, RM scores instead of gold ones, RL's own curve, people's ranking
+PROJECT = {
+    "run": "proj", "judged_by": ["app"], "rm_scored_by": "rm-r2",
+    "policies": {"base": "/models/mine", "sft": "runs/proj/sft", "ppo-ptx-r2": "runs/proj/policy-r2",
+                 "final": "runs/proj/policy-r2"},
+    "evals": {"base": {"policy": "/models/mine", "overall": {}, "rm_score": rm_est(-0.4)},
+              "sft": {"policy": "runs/proj/sft", "overall": {}, "rm_score": rm_est(0.1), "samples": [
+                  {"family": "all", "prompt": [{"role": "user", "content": "Plan a trip <3"}], "response": "Go.",
+                   "rm_score": 0.25}]},
+              "ppo-ptx-r2": {"policy": "runs/proj/policy-r2", "overall": {}, "rm_score": rm_est(0.6), "samples": [
+                  {"family": "all", "prompt": [{"role": "user", "content": "Plan a trip <3"}],
+                   "response": "Day 1: the coast.", "rm_score": 0.75}]}},
+    "curves": {"ppo-ptx-r2": [{"iteration": i, "episodes": 64 * i, "kl": 0.5 * i, "rm_score": 0.1 * i}
+                              for i in range(5)]},
+    "rm": {"r1": {"eval/accuracy": 0.66, "data/labeler_agreement": 0.7}, "r2": {"eval/accuracy": 0.69}},
+    "training": FULL["training"],
+}
+
+
+def test_project_run_judged_by_people(tmp_path):
+    results = RunResults.from_dict(PROJECT)
+    results.human = human_eval_by_hand()
+    html = write_report(results, tmp_path).read_text()
+    assert '<p class="judged">Judged by: people in tiller app (3 labelers, 40 rankings)</p>' in html
+    # no gold: no gold section, column, caption or card, and no empty table where one was
+    for gold in ("gold", "Win rates (", "Gold score per family", "metadata per policy", "Headroom", "Elo of",
+                 "<th>correct</th>", "pretraining loss"):
+        assert gold not in html.replace("Elo of the final policy (people&#x27;s)", ""), gold
+    # the headline from people's win rates against their baseline, named as such
+    assert "Win rates and Elo below: people in tiller app (3 labelers, 40 rankings)." in html
+    cards = re.findall(r'<div class="label">(.*?)</div><div class="value">(.*?)</div><div class="sub">(.*?)</div>',
+                       html)
+    assert cards == [("ppo-ptx-r2 vs sft: people&#x27;s win rate", "62.5%", "95% CI [52.0%, 73.0%], n=40"),
+                     ("base vs sft: people&#x27;s win rate", "30.0%", "95% CI [17.0%, 43.0%], n=40"),
+                     ("mean RM score (rm-r2)", "0.600", "95% CI [0.500, 0.700]; SFT 0.100"),
+                     ("Elo of the final policy (people&#x27;s)", "1088", "sft 1000, base 850")]
+    assert table_after(html, "<h2>Policies</h2>") == (
+        ["policy", "RM score (rm-r2)"], [["base", "-0.400 [-0.500, -0.300]"], ["sft", "0.100 [0.000, 0.200]"],
+                                         ["ppo-ptx-r2", "0.600 [0.500, 0.700]"]])
+    assert table_after(html, "<h2>Reward models</h2>") == (
+        ["round", "accuracy on held-out labels", "labeler agreement"], [["r1", "66.0%", "70.0%"], ["r2", "69.0%", "–"]])
+    # people's section (eval/human.py's partial) with its numbers
+    _, rows = table_after(html, "<h2>Human evaluation</h2>")
+    assert [r[:3] for r in rows] == [["final", "62.5%", "[52.0%, 73.0%]"], ["sft", "baseline", ""],
+                                     ["base", "30.0%", "[17.0%, 43.0%]"]]
+    assert "20 held-out prompts, 40 rankings by 3\nlabelers (batch proj-eval)" in html
+    # samples with the RM's scores
+    assert "<th>SFT (RM score)</th><th>ppo-ptx-r2 (RM score)</th>" in html and "Plan a trip &lt;3" in html
+    row = html[html.index("Plan a trip"):].split("</tr>")[0]
+    assert "<b>0.25</b>" in row and "<b>0.75</b>" in row
+    pngs = ["human-metadata.png", "human-win-rates.png", "overoptimisation.png", "training.png"]
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == pngs
+    assert sorted(re.findall(r'<img src="([^"]*)"', html)) == pngs
+    check_png(tmp_path / "overoptimisation.png", (5, 3.8))  # RM score alone: nothing judged it by gold
+    assert "A rising RM score alone does not say the policy got better rather than exploiting the RM" in html
+
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["win_rate/human/final_vs_sft"] == 0.625 and metrics["win_rate/human/final_vs_sft_hi"] == 0.73
+    assert metrics["win_rate/human/base_vs_sft"] == 0.3 and metrics["win_rate/human/base_vs_sft_losses"] == 0.65
+    assert metrics["likert/human/final"] == 5.1 and metrics["elo/human/final"] == 1088.0
+    assert metrics["rm_score/final"] == 0.6 and metrics["rm_score/base"] == -0.4 and metrics["rm/r2/accuracy"] == 0.69
+    assert not any(k.startswith(("win_rate/final", "elo/sft", "score/")) for k in metrics)
+
+
+def test_headline_from_the_first_judge_with_win_rates(tmp_path):
+    """People first, but they have not ranked anything yet (no win rate): the AI judge's figures lead, named."""
+    human = human_eval_by_hand()
+    human.win_rates, human.elo, human.elo_intervals = {}, {}, {}
+    results = RunResults.from_dict(PROJECT | {"judged_by": ["app", AI], "judges": {AI: AI_JUDGE}})
+    results.human = human
+    html = write_report(results, tmp_path).read_text()
+    assert "Judged by: people in tiller app (3 labelers, 40 rankings); an AI judge (openai:http://127.0.0.1:8000/v1, " \
+           "model judge-7b)" in html
+    assert ("Win rates and Elo below: an AI judge (openai:http://127.0.0.1:8000/v1, model judge-7b).") in html
+    assert "ppo-ptx-r2 vs SFT: AI judge win rate</div><div class=\"value\">64.0%" in html
+    assert "ppo-ptx-r2 vs base: AI judge win rate</div><div class=\"value\">81.0%" in html
+    assert "Elo of the final policy (AI judge)</div><div class=\"value\">1102" in html
+    assert 'alt="AI judge win rate per family' in html  # AI_JUDGE has a family: its plot has panels per comparison

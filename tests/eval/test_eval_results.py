@@ -9,6 +9,7 @@ from tiller.eval.results import (
     Estimate,
     Headroom,
     HeadroomRow,
+    JudgeResults,
     PolicyEval,
     RMRound,
     RunResults,
@@ -107,6 +108,7 @@ OLD = {
 def test_old_sparse_results_still_render(tmp_path, monkeypatch):
     html = write_report(RunResults.from_dict(OLD), tmp_path).read_text()
     assert "<h1>tiller report: old&lt;run&gt;</h1>" in html and "final policy: ppo-r1" in html
+    assert "Judged by: the embedded world&#x27;s gold judge</p>" in html  # the only judge before issue #14
     assert "58.0%" in html and "[50.0%, 66.0%]" in html and "n=60" in html
     assert "<tr><td>ppo-r1</td><td class=\"n\">1.600</td>" in html and "1080" in html
     assert "<h2>Reward models</h2>" in html and "69.0%" in html
@@ -168,3 +170,59 @@ def test_results_from_before_the_metadata_still_load():
                                 "aspect_win_rates": {"c": "x"}})
     assert bad.evals["a"].metadata == {} and bad.evals["a"].aspect_means == {"x": Estimate()}
     assert bad.aspect_win_rates == {"c": {}}
+
+
+# -- issue #14: who judged, AI judges, people, RM scores --------------------------------------------------------
+
+SPEC = "openai:http://127.0.0.1:8000/v1"
+
+
+def test_judges_people_and_rm_scores_round_trip():
+    from tiller.eval.human import HumanEval
+
+    human = HumanEval.from_dict({"batch": "proj-eval", "baseline": "sft", "policies": ["final", "sft"], "n_items": 4,
+                                 "n_labels": 8, "labelers": ["ana", "ben"],
+                                 "win_rates": {"final": {"rate": 1.0, "lo": 1.0, "hi": 1.0, "n": 8, "ties": 0.0}},
+                                 "likert": {"final": {"value": 6.0, "lo": 6.0, "hi": 6.0, "n": 8}},
+                                 "elo": {"sft": 1000.0, "final": 1300.0}, "elo_intervals": {"final": [1200.0, 1400.0]}})
+    x = RunResults(
+        run="proj", judged_by=["app", SPEC], rm_scored_by="rm-r1", policies={"sft": "s", "final": "p"},
+        evals={"sft": PolicyEval("s", samples=[Sample("all", [{"role": "user", "content": "Hi"}], "Hello.", None, 0.25)],
+                                 rm_score=Estimate(0.1, -0.1, 0.3, 6))},
+        judges={SPEC: JudgeResults(f"{SPEC}:m", "t.j2", 4, 16, 1, 8, 1, ["maybe"], 0.5,
+                                   {"final vs sft": {"overall": WinRate(0.5, 0.2, 0.8, 7, 0.1, 0.45, 0.45, 1)}},
+                                   {"sft": 1000.0, "final": 1010.0}, {"final": (990.0, 1030.0)})},
+        human=human)
+    d = x.to_dict()
+    assert RunResults.from_dict(d) == x and RunResults.from_dict(json.loads(json.dumps(d))) == x
+    assert d["judged_by"] == ["app", SPEC] and d["rm_scored_by"] == "rm-r1" and d["human"] == human.to_dict()
+    assert d["evals"]["sft"]["rm_score"] == {"value": 0.1, "lo": -0.1, "hi": 0.3, "n": 6}
+    assert d["evals"]["sft"]["samples"] == [{"family": "all", "prompt": [{"role": "user", "content": "Hi"}],
+                                             "response": "Hello.", "rm_score": 0.25}]  # no gold score: left out
+    assert d["judges"][SPEC] == {
+        "judge": f"{SPEC}:m", "template": "t.j2", "n_prompts": 4, "n_asked": 16, "n_parse_failures": 1, "n_pairs": 8,
+        "n_pairs_left_out": 1, "failure_examples": ["maybe"], "max_failure_share": 0.5,
+        "win_rates": {"final vs sft": {"overall": {"rate": 0.5, "lo": 0.2, "hi": 0.8, "n": 7, "ties": 0.1,
+                                                   "wins": 0.45, "losses": 0.45, "left_out": 1}}},
+        "elo": {"sft": 1000.0, "final": 1010.0}, "elo_intervals": {"final": [990.0, 1030.0]}}
+
+
+def test_results_from_before_other_judges_still_load():
+    """A results.json written before issue #14 names no judge, no AI judge, no people and no RM scores: they read
+    as empty and are left out again when it is written back (PIPELINE's round trip above is exact)."""
+    old = RunResults.from_dict(PIPELINE)
+    assert (old.judged_by, old.judges, old.human, old.rm_scored_by) == ([], {}, None, None)
+    assert old.evals["sft"].rm_score is None and old.evals["sft"].samples[0].rm_score is None
+    assert old.win_rates["final vs sft"]["overall"].left_out is None
+    assert not {"judged_by", "judges", "human", "rm_scored_by"} & set(old.to_dict())
+    old = RunResults.from_dict(OLD)
+    assert old.judged_by == [] and old.judges == {} and old.human is None
+    bad = RunResults.from_dict({"judged_by": "world", "judges": "junk", "human": "junk", "rm_scored_by": 3,
+                                "evals": {"a": {"rm_score": 3, "samples": [{"rm_score": "high"}]}}})
+    assert (bad.judged_by, bad.judges, bad.human, bad.rm_scored_by) == ([], {}, None, None)
+    assert bad.evals["a"].rm_score is None and bad.evals["a"].samples == [Sample()]
+    bad = RunResults.from_dict({"judged_by": ["world", 3], "judges": {SPEC: {"failure_examples": "oops", "n_asked": "3",
+                                                                            "win_rates": {"c": "x"}, "elo": {"a": "b"}}},
+                                "human": {"baseline": "sft", "win_rates": "x"}})
+    assert bad.judged_by == ["world"] and bad.judges == {SPEC: JudgeResults(win_rates={"c": {}})}
+    assert bad.human is not None and bad.human.baseline == "sft" and bad.human.win_rates == {}

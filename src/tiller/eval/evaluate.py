@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from tiller.config import ConfigError
-from tiller.eval.judges import JudgeReport, PairwiseJudge, judge_pairs
 from tiller.eval.results import CONSTRAINT_BUCKETS
+from tiller.judges import JudgeReport, PairwiseJudge, judge_pairs
 from tiller.models import load_policy
 from tiller.rollout import generate
 from tiller.world.judge import EPS, METADATA, SCORE_RANGE, GoldJudge

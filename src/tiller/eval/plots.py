@@ -46,22 +46,27 @@ def _save(fig: Figure, path: Path) -> str:
     return path.name
 
 
-def plot_win_rates(win_rates: dict[str, dict[str, WinRate]], path: Path) -> str | None:
-    """Per comparison, horizontal bars of the win rate per family with 95% intervals and the 50% line."""
+def plot_win_rates(win_rates: dict[str, dict[str, WinRate]], path: Path, judge: str = "gold") -> str | None:
+    """Per comparison, horizontal bars of the win rate per family with 95% intervals and the 50% line; rates
+    with no families (an AI judge on a project's prompts: ``overall`` only) share one panel, a bar per
+    comparison. ``judge`` names who judged, on the axis."""
     comps = {c: {f: w for f, w in fams.items() if finite(w.rate) is not None} for c, fams in win_rates.items()}
     comps = {c: v for c, v in comps.items() if v}
     if not comps:
         return None
+    if all(list(v) == ["overall"] for v in comps.values()):
+        comps = {"overall": {c: v["overall"] for c, v in comps.items()}}
     heights = [0.3 * len(v) + 0.8 for v in comps.values()]
     fig = Figure(figsize=(7, sum(heights) + 0.3))
     axes = fig.subplots(len(comps), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
     for ax, (comp, fams) in zip(axes, comps.items(), strict=True):
-        names = family_order(fams)
+        names = family_order(fams) if comp != "overall" else list(fams)
         rates = [finite(fams[f].rate) or 0.0 for f in names]
         los, his = [finite(fams[f].lo) for f in names], [finite(fams[f].hi) for f in names]
         lo = [0.0 if x is None else max(0.0, r - x) for r, x in zip(rates, los, strict=True)]
         hi = [0.0 if x is None else max(0.0, x - r) for r, x in zip(rates, his, strict=True)]
-        colours = ["#2b6cb0" if f == "overall" else "#d69e2e" if f in CONSTRAINT_BUCKETS else "#90b4de" for f in names]
+        colours = ["#2b6cb0" if f == "overall" or comp == "overall" else "#d69e2e" if f in CONSTRAINT_BUCKETS
+                   else "#90b4de" for f in names]
         ax.barh(range(len(names)), rates, xerr=[lo, hi], color=colours, capsize=3)
         ax.set_yticks(range(len(names)), names)
         ax.invert_yaxis()
@@ -69,7 +74,7 @@ def plot_win_rates(win_rates: dict[str, dict[str, WinRate]], path: Path) -> str 
         ax.set_xlim(0, 1)
         ax.xaxis.set_major_formatter(lambda x, _: f"{x:.0%}")
         ax.set_title(comp, loc="left", fontsize=10)
-    axes[-1].set_xlabel("gold win rate (ties count half), 95% interval")
+    axes[-1].set_xlabel(f"{judge} win rate (ties count half), 95% interval")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -136,7 +141,8 @@ def plot_metadata(evals: dict[str, PolicyEval], path: Path) -> str | None:
 
 
 def plot_overoptimisation(curves: dict[str, list[CurvePoint]], path: Path) -> str | None:
-    """RM score (left) and gold score (right) against sqrt(KL) from the initial policy, as in Gao et al. 2022."""
+    """RM score (left) and gold score (right; left out when no point has one) against sqrt(KL) from the initial
+    policy, as in Gao et al. 2022."""
     series: dict[str, list[tuple[float, float | None, float | None]]] = {}
     oracle: dict[str, list[tuple[float, float]]] = {}  # best-of-n picked by the gold judge: a perfect RM's pick
     for name, points in curves.items():
@@ -147,9 +153,12 @@ def plot_overoptimisation(curves: dict[str, list[CurvePoint]], path: Path) -> st
             oracle[name] = best
     if not series:
         return None
-    fig = Figure(figsize=(10, 3.8))
-    axes = fig.subplots(1, 2)
-    for col, (ax, label) in enumerate(zip(axes, ("RM score", "gold score"), strict=True), start=1):
+    # the gold panel only where a gold judge scored something (a project run has none)
+    panels = ("RM score", "gold score") if any(p[2] is not None for pts in series.values() for p in pts) \
+        else ("RM score",)
+    fig = Figure(figsize=(5 * len(panels), 3.8))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for col, (ax, label) in enumerate(zip(axes, panels, strict=True), start=1):
         for name, pts in series.items():
             xy = [(p[0], y) for p in pts if (y := p[col]) is not None]
             if xy:
@@ -160,7 +169,7 @@ def plot_overoptimisation(curves: dict[str, list[CurvePoint]], path: Path) -> st
         ax.set_xlabel("√KL from the initial policy (√nats)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
+    axes[-1].legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -187,7 +196,8 @@ def plot_training(training: dict[str, list[dict[str, Any]]], path: Path) -> str 
     return _save(fig, path)
 
 
-def plot_elo(rows: list[EloRow], path: Path) -> str | None:
+def plot_elo(rows: list[EloRow], path: Path, judge: str = "gold") -> str | None:
+    """Elo per policy with its interval, from ``judge``'s comparisons."""
     if not rows:
         return None
     rows = sorted(rows, key=lambda r: r[1])
@@ -198,7 +208,7 @@ def plot_elo(rows: list[EloRow], path: Path) -> str | None:
     hi = [r[3] - r[1] if r[3] is not None else 0.0 for r in rows]
     ax.errorbar([r[1] for r in rows], ys, xerr=[lo, hi], fmt="o", color="#2b6cb0", capsize=3)
     ax.set_yticks(ys, [r[0] for r in rows])
-    ax.set_xlabel("Elo (Bradley-Terry fit to gold comparisons; 95% bootstrap interval)")
+    ax.set_xlabel(f"Elo (Bradley-Terry fit to {judge} comparisons; 95% bootstrap interval)")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 

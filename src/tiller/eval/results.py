@@ -11,7 +11,10 @@ point) keep the keys they do not name in ``extra``, so nothing is lost on the wa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from tiller.eval.human import HumanEval
 
 # The two buckets of prompts a comparison's win rates are split into beside the families (issue #17): those
 # "without constraint" are comparable to results of the world before it had explicit constraints.
@@ -45,6 +48,11 @@ def _str(x: Any) -> str | None:
     return x if isinstance(x, str) else None
 
 
+def _strs(x: Any) -> list[str]:
+    """The strings of a JSON list; anything else in it, or a non-list, is dropped."""
+    return [s for s in x if isinstance(s, str)] if isinstance(x, list) else []
+
+
 def _put(d: dict[str, Any], **values: Any) -> dict[str, Any]:
     """``d`` with each of ``values`` that is not None."""
     d.update({k: v for k, v in values.items() if v is not None})
@@ -56,8 +64,9 @@ def _put(d: dict[str, Any], **values: Any) -> dict[str, Any]:
 
 @dataclass
 class WinRate:
-    """Gold win rate (ties count half) with its 95% interval; ``n`` comparisons, ``ties``, ``wins`` and
-    ``losses`` their shares (wins and losses are missing in files written before issue #17)."""
+    """Win rate (ties count half) with its 95% interval; ``n`` comparisons, ``ties``, ``wins`` and ``losses``
+    their shares (wins and losses are missing in files written before issue #17). An AI judge's rates also
+    count ``left_out``: pairs without an outcome because a reply was not a verdict (issue #14)."""
 
     rate: float | None = None
     lo: float | None = None
@@ -66,16 +75,17 @@ class WinRate:
     ties: float | None = None
     wins: float | None = None
     losses: float | None = None
+    left_out: int | None = None
 
     @classmethod
     def from_dict(cls, d: Any) -> WinRate:
         d = _obj(d)
         return cls(_float(d.get("rate")), _float(d.get("lo")), _float(d.get("hi")), _int(d.get("n")),
-                   _float(d.get("ties")), _float(d.get("wins")), _float(d.get("losses")))
+                   _float(d.get("ties")), _float(d.get("wins")), _float(d.get("losses")), _int(d.get("left_out")))
 
     def to_dict(self) -> dict[str, Any]:
         return _put({}, rate=self.rate, lo=self.lo, hi=self.hi, n=self.n, ties=self.ties, wins=self.wins,
-                    losses=self.losses)
+                    losses=self.losses, left_out=self.left_out)
 
 
 @dataclass
@@ -131,20 +141,24 @@ class Scores:
 
 @dataclass
 class Sample:
-    """One judged answer: ``prompt`` is a string or a list of chat messages ``{role, content}``."""
+    """One answer: ``prompt`` is a string or a list of chat messages ``{role, content}``; ``score`` is the gold
+    judge's (None without a world), ``rm_score`` the last round's RM's (None in files before issue #14)."""
 
     family: str = ""
     prompt: Any = None
     response: str = ""
     score: float | None = None
+    rm_score: float | None = None
 
     @classmethod
     def from_dict(cls, d: Any) -> Sample:
         d = _obj(d)
-        return cls(str(d.get("family", "")), d.get("prompt"), str(d.get("response", "")), _float(d.get("score")))
+        return cls(str(d.get("family", "")), d.get("prompt"), str(d.get("response", "")), _float(d.get("score")),
+                   _float(d.get("rm_score")))
 
     def to_dict(self) -> dict[str, Any]:
-        return _put({"family": self.family, "prompt": self.prompt, "response": self.response}, score=self.score)
+        return _put({"family": self.family, "prompt": self.prompt, "response": self.response}, score=self.score,
+                    rm_score=self.rm_score)
 
 
 @dataclass
@@ -160,13 +174,16 @@ class PolicyEval:
     samples: list[Sample] = field(default_factory=list)
     metadata: dict[str, Estimate] = field(default_factory=dict)
     aspect_means: dict[str, Estimate] = field(default_factory=dict)
+    rm_score: Estimate | None = None  # the last round's RM on the answers: mean, 95% interval (issue #14)
 
     @classmethod
     def from_dict(cls, d: Any) -> PolicyEval:
         d = _obj(d)
+        rm = d.get("rm_score")
         return cls(_str(d.get("policy")), {str(f): Scores.from_dict(s) for f, s in _obj(d.get("per_family")).items()},
                    Scores.from_dict(d.get("overall")), [Sample.from_dict(s) for s in _objs(d.get("samples"))],
-                   _estimates(d.get("metadata")), _estimates(d.get("aspect_means")))
+                   _estimates(d.get("metadata")), _estimates(d.get("aspect_means")),
+                   Estimate.from_dict(rm) if isinstance(rm, dict) else None)
 
     def to_dict(self) -> dict[str, Any]:
         out = _put({}, policy=self.policy) | {
@@ -175,6 +192,8 @@ class PolicyEval:
         for key, estimates in (("metadata", self.metadata), ("aspect_means", self.aspect_means)):
             if estimates:
                 out[key] = {k: e.to_dict() for k, e in estimates.items()}
+        if self.rm_score is not None:
+            out["rm_score"] = self.rm_score.to_dict()
         return out
 
 
@@ -291,6 +310,54 @@ class Headroom:
 
 
 @dataclass
+class JudgeResults:
+    """An AI judge's verdicts on the run (issue #14): ``judge`` names it (``openai:URL:MODEL``), ``template`` the
+    prompt it was asked with. The counts add up over the distinct pairs of policy folders it was asked about
+    (both orders each: ``n_asked`` is twice ``n_pairs``); ``n_parse_failures`` replies were not a verdict and
+    ``n_pairs_left_out`` pairs have no outcome. ``win_rates`` are per comparison as the gold ones (each bucket
+    with ``left_out``), ``elo`` fitted to its matches."""
+
+    judge: str | None = None
+    template: str | None = None
+    n_prompts: int | None = None
+    n_asked: int | None = None
+    n_parse_failures: int | None = None
+    n_pairs: int | None = None
+    n_pairs_left_out: int | None = None
+    failure_examples: list[str] = field(default_factory=list)
+    max_failure_share: float | None = None
+    win_rates: dict[str, dict[str, WinRate]] = field(default_factory=dict)
+    elo: dict[str, float] = field(default_factory=dict)
+    elo_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    COUNTS: ClassVar[tuple[str, ...]] = ("n_prompts", "n_asked", "n_parse_failures", "n_pairs", "n_pairs_left_out")
+
+    @classmethod
+    def from_dict(cls, d: Any) -> JudgeResults:
+        d = _obj(d)
+        elo, intervals = _elo(d.get("elo"), d.get("elo_intervals"))
+        return cls(_str(d.get("judge")), _str(d.get("template")), **{k: _int(d.get(k)) for k in cls.COUNTS},
+                   failure_examples=_strs(d.get("failure_examples")),
+                   max_failure_share=_float(d.get("max_failure_share")), win_rates=_win_rates(d.get("win_rates")),
+                   elo=elo, elo_intervals=intervals)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = _put({}, judge=self.judge, template=self.template, **{k: getattr(self, k) for k in self.COUNTS})
+        _put(out, failure_examples=list(self.failure_examples), max_failure_share=self.max_failure_share)
+        return out | {"win_rates": _win_rates_dict(self.win_rates), "elo": dict(self.elo),
+                      "elo_intervals": {k: list(iv) for k, iv in self.elo_intervals.items()}}
+
+
+def _human(x: Any) -> HumanEval | None:
+    """People's verdicts from ``tiller app`` (``eval/human.py``), or None where there are none."""
+    if not isinstance(x, dict) or not x:
+        return None
+    from tiller.eval.human import HumanEval  # here: human.py may read these records itself
+
+    return HumanEval.from_dict(x)
+
+
+@dataclass
 class RunResults:
     """Everything ``tiller run`` measured, keyed by policy name (``base``, ``sft``, ``ppo-ptx-r1``, ...; ``final``
     is the pipeline's alias of the last round), comparison title (``final vs sft``) or RM round (``r1``)."""
@@ -311,6 +378,12 @@ class RunResults:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     seconds_total: float | None = None
     training: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # PPO log -> tracking's rows
+    # issue #14: who judged (eval.judges as given: world, app, openai:URL[:MODEL]; empty in older files, whose
+    # judge was the world's), each AI judge's results by its spec, people's, and the RM folder behind rm_score
+    judged_by: list[str] = field(default_factory=list)
+    judges: dict[str, JudgeResults] = field(default_factory=dict)
+    human: HumanEval | None = None
+    rm_scored_by: str | None = None
 
     @classmethod
     def from_dict(cls, d: Any) -> RunResults:
@@ -330,6 +403,9 @@ class RunResults:
             stage_seconds={str(k): f for k, v in _obj(d.get("stage_seconds")).items() if (f := _float(v)) is not None},
             seconds_total=_float(d.get("seconds_total")),
             training={str(k): [dict(r) for r in _objs(v)] for k, v in _obj(d.get("training")).items()},
+            judged_by=_strs(d.get("judged_by")),
+            judges={str(k): JudgeResults.from_dict(v) for k, v in _obj(d.get("judges")).items()},
+            human=_human(d.get("human")), rm_scored_by=_str(d.get("rm_scored_by")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -347,7 +423,14 @@ class RunResults:
         out["stage_seconds"] = dict(self.stage_seconds)
         _put(out, seconds_total=self.seconds_total)
         out["training"] = {k: [dict(r) for r in rows] for k, rows in self.training.items()}
-        return out
+        # issue #14's parts, each left out when empty: older results.json files read back as they were
+        if self.judged_by:
+            out["judged_by"] = list(self.judged_by)
+        if self.judges:
+            out["judges"] = {k: j.to_dict() for k, j in self.judges.items()}
+        if self.human is not None:
+            out["human"] = self.human.to_dict()
+        return _put(out, rm_scored_by=self.rm_scored_by)
 
 
 def _win_rates(x: Any) -> dict[str, dict[str, WinRate]]:

@@ -54,6 +54,7 @@ class AppSettings:
     hash_slots: int = 2  # argon2 hashes at once (64 MiB each); more logins wait, then get 503
     login_per_ip: tuple[int, float] = (30, 60.0)  # login attempts per address per seconds
     session_max_age_s: int = 14 * 24 * 3600  # a session ends this long after its login, used or not
+    runs_dir: Path = Path("runs")  # the run folders /admin/runs lists (`tiller run` writes runs/NAME)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> AppSettings:

@@ -86,6 +86,8 @@ def serve(
         help="largest batch file an admin may upload, in bytes")] = 32 * 1024 * 1024,
     api_docs: Annotated[bool, typer.Option(
         envvar="TILLER_APP_API_DOCS", help="serve /api/docs and /api/openapi.json to logged-in users")] = False,
+    runs_dir: Annotated[Path, typer.Option(
+        help="the folder of `tiller run`'s run folders, whose status /admin/runs shows")] = Path("runs"),
 ) -> None:
     """Run the web app (behind a TLS reverse proxy for a real team: docs/deployment.md)."""
     import uvicorn
@@ -98,7 +100,7 @@ def serve(
     with session_for(db):
         pass  # checks the URL and migrates, with a clear error
     settings = AppSettings(secret_file=secret_file, secure_cookies=secure_cookies, max_body=max_body,
-                           max_upload=max_upload, api_docs=api_docs)
+                           max_upload=max_upload, api_docs=api_docs, runs_dir=runs_dir)
     try:
         app_ = create_app(db, models=[str(m) for m in models or []], settings=settings)
     except (OSError, ValueError) as e:

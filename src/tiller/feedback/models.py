@@ -18,7 +18,8 @@ from tiller.data.formats import FLAGS as DATA_FLAGS
 
 ROLES = ("admin", "labeler")
 BATCH_KINDS = ("rank", "demo")
-ASSIGNMENT_STATUSES = ("pending", "done", "skipped")
+# closed: still pending when its batch went on without it (label.min_done < 1); never handed out or exported
+ASSIGNMENT_STATUSES = ("pending", "done", "skipped", "closed")
 # The per-answer metadata of the InstructGPT labeling interface (Ouyang et al. 2022, Table 3 / Fig. 12),
 # shared with the rankings file format.
 FLAGS = DATA_FLAGS

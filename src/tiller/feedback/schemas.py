@@ -15,7 +15,7 @@ MAX_DB_ID = 2**31 - 1
 MAX_PAGE = 1000
 DbId = Annotated[int, Path(ge=1, le=MAX_DB_ID, description="a database id")]
 PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE, description="rows to return, 1-1000")]
-AssignmentStatus = Literal["pending", "done", "skipped"]
+AssignmentStatus = Literal["pending", "done", "skipped", "closed"]
 
 
 def _text(value: str) -> str:

@@ -1,4 +1,5 @@
-"""Admin pages: import a batch, follow its progress and agreement, download its export, add users."""
+"""Admin pages: import a batch, follow its progress and agreement, download its export, add users, and see
+where each `tiller run` stands."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from fastapi import APIRouter, Form, Request, UploadFile
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
 from tiller.data.formats import clean_text
+from tiller.status import STATUS_FILE, run_status
 
 from ..deps import AdminUser, Db
 from ..errors import Invalid, NotFound
@@ -32,6 +34,17 @@ def read_upload(file: UploadFile) -> str:
 def admin_home(request: Request, db: Db, user: AdminUser) -> Response:
     ctx = {"batches": batches_view(batches.user_batches(db, user)), "users": users.list_users(db)}
     return render(request, "admin.html", ctx)
+
+
+@router.get("/runs")
+def runs_page(request: Request, user: AdminUser) -> Response:
+    """Every run folder under the app's ``runs_dir`` (one with a run-config.json or status.json), as `tiller
+    status` shows it; a folder that does not exist lists none."""
+    root = request.app.state.settings.runs_dir
+    folders = sorted(p for p in root.iterdir() if (p / "run-config.json").is_file() or (p / STATUS_FILE).is_file()) \
+        if root.is_dir() else []
+    runs = [clean_text({**run_status(p).to_dict(), "name": p.name}) for p in folders]
+    return render(request, "runs.html", {"runs": runs, "runs_dir": clean_text(str(root))})
 
 
 @router.post("/batches")

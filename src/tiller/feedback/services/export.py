@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from tiller.data.formats import clean_text
 from ..db import make_engine, session_factory
 from ..models import Assignment, ChatComparison, ChatMessage, ChatPrompt, Conversation, Item, Label, User
 from ..records import META_FIELDS
-from .batches import batch_progress, get_batch
+from .batches import BatchProgress, batch_progress, get_batch
 
 
 def batch_records(session: Session, batch_name: str) -> Iterator[dict[str, Any]]:
@@ -179,18 +179,23 @@ def export_chat(
 
 
 def wait_and_export(
-    db_url: str, batch_name: str, out_path: str | Path, poll_s: float = 5, timeout_s: float | None = None
+    db_url: str, batch_name: str, out_path: str | Path, poll_s: float = 5, timeout_s: float | None = None,
+    ready: Callable[[Session, BatchProgress], bool] | None = None,
 ) -> int:
-    """Block until every assignment of the batch is done or skipped, then export it; returns the record
-    count. Raises ``NotFound`` for an unknown batch and ``TimeoutError`` after ``timeout_s``."""
+    """Block until the batch may be exported, then export its done assignments; returns the record count.
+
+    By default that is once every assignment is settled (done, skipped or closed). ``ready(session,
+    progress)``, called at every check with the progress and the agreement so far, decides instead: True
+    exports now (it may first close what is left in that session), False waits, and it may raise to stop.
+    Raises ``NotFound`` for an unknown batch and ``TimeoutError`` after ``timeout_s``."""
     engine = make_engine(db_url)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
         factory = session_factory(engine)
         while True:
             with factory() as session:
-                progress = batch_progress(session, batch_name, with_agreement=False)
-                if progress.finished:
+                progress = batch_progress(session, batch_name, with_agreement=ready is not None)
+                if ready(session, progress) if ready is not None else progress.finished:
                     return write_jsonl(batch_records(session, batch_name), out_path)
                 pending = progress.counts.get("pending", 0)
             wait = poll_s

@@ -128,5 +128,7 @@ def skip_assignment(session: Session, user: User, assignment_id: int) -> Assignm
         a = visible_assignment(session, user, assignment_id, write=True)
         if a.status == "done":
             raise Conflict(f"assignment {assignment_id} is already labelled")
+        if a.status == "closed":  # its batch went on without it
+            raise Conflict(f"assignment {assignment_id} is closed")
         a.status, a.updated_at = "skipped", utcnow()
     return a

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from tiller.config import ConfigError
 
-DEFAULT_TEMPLATE = Path(__file__).parent / "templates" / "judge_pairwise.j2"
+DEFAULT_TEMPLATE = Path(__file__).parent / "eval" / "templates" / "judge_pairwise.j2"
 FIELDS = frozenset({"prompt", "answer_a", "answer_b"})  # what a template must show the judge
 EXAMPLE_CHARS = 200  # an unparsable reply, as reported
 N_EXAMPLES = 5
