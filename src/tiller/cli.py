@@ -397,7 +397,7 @@ def eval_cmd(policy: Annotated[str, typer.Option(help="policy folder")],
     if judge != "world" and not baseline:
         raise ConfigError("--judge compares the policy with a baseline: give --baseline")
     if judge == "app":
-        from tiller.eval import human
+        from tiller.eval import human_cli as human
 
         if headroom_rm or judge_template:
             raise ConfigError("--headroom-rm and --judge-template are for the gold and AI judges, not --judge app")

@@ -192,11 +192,6 @@ def _waiting(rd: Path, fn: Callable[..., Any], people: bool, r: int | None, batc
     return run
 
 
-def _round_of(stage: str) -> int | None:
-    tail = stage.rsplit("-r", 1)
-    return int(tail[1]) if len(tail) == 2 and tail[1].isdigit() else None
-
-
 def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
     """Run (or resume) the whole loop in ``rd``; returns the report's path. ``rd/status.json`` says where it
     stands (``tiller status``)."""
@@ -214,13 +209,13 @@ def run_pipeline(cfg: RunConfig, rd: Path, force: bool = False) -> Path:
 
 def _run(cfg: RunConfig, rd: Path, force: bool) -> Path:
     from tiller import project
-    from tiller.status import write_status
+    from tiller.status import round_of, write_status
 
     start = time.time()
     clean_stale(rd)
     atomic_write_text(rd / "run-config.json", json.dumps(to_dict(cfg), indent=2))
     cfg = seeded(cfg)
-    timer = Timer(on_start=lambda name: write_status(rd, name, round=_round_of(name)))
+    timer = Timer(on_start=lambda name: write_status(rd, name, round=round_of(name)))
     logs, data = rd / "logs", rd / "data"
     if cfg.data.source == "world":
         src = world_sources(cfg, rd, timer, force)

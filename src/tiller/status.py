@@ -284,7 +284,7 @@ def _finished(rd: Path, output: str) -> bool:
     return manifest is not None and manifest.get("status") == "done"
 
 
-def _round_of(stage: str | None) -> int | None:
+def round_of(stage: str | None) -> int | None:
     head, _, tail = (stage or "").rpartition("-r")
     return int(tail) if head and tail.isdigit() else None
 
@@ -330,7 +330,7 @@ def run_status(rd: Path) -> RunStatus:
         if st.state in ("running", "waiting") and isinstance(st.pid, int) and local and not _alive(st.pid):
             st.state = "stopped"
         if st.stage not in {s.name for s in st.stages} and todo:  # a status that lost its stage: the first not done
-            st.stage, st.round = todo[0].name, _round_of(todo[0].name)
+            st.stage, st.round = todo[0].name, round_of(todo[0].name)
         if status.get("batch") and status.get("db") and st.state != "done":
             rule = (float(label.get("min_done", 1.0)), float(label.get("min_agreement", 0.0)))
             st.batch = batch_status(str(status["db"]), str(status["batch"]),
@@ -338,7 +338,7 @@ def run_status(rd: Path) -> RunStatus:
     elif st.stages and not todo:
         st.state, st.stage = "done", st.stages[-1].name
     elif st.stages and len(todo) < len(st.stages):  # work done before status.json existed
-        st.state, st.stage, st.round = "stopped", todo[0].name, _round_of(todo[0].name)
+        st.state, st.stage, st.round = "stopped", todo[0].name, round_of(todo[0].name)
     st.next = _next(st, rd)
     return st
 
@@ -381,12 +381,12 @@ def format_status(st: RunStatus) -> str:
     rows.append(("state", f"{st.state}{where}{when}"))
 
     def mark(s: StageState) -> str:
-        short = s.name if _round_of(s.name) is None else s.name.rpartition("-r")[0]
+        short = s.name if round_of(s.name) is None else s.name.rpartition("-r")[0]
         return f"{short} {'done' if s.done else st.state if s.name == st.stage else '-'}"
 
     groups: dict[str, list[str]] = {}
     for s in st.stages:
-        r = _round_of(s.name)
+        r = round_of(s.name)
         key = f"round {r}" if r else ("setup" if s.name in ("world", "pretrain", "data", "sft") else "end")
         groups.setdefault(key, []).append(mark(s))
     rows += [(k, " . ".join(v)) for k, v in groups.items()]

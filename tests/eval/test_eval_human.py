@@ -25,18 +25,8 @@ from sqlalchemy import func, select  # noqa: E402
 from tiller.config import ConfigError  # noqa: E402
 from tiller.eval.elo import elo_ratings  # noqa: E402
 from tiller.eval.evaluate import wilson  # noqa: E402
-from tiller.eval.human import (  # noqa: E402
-    KEY_FILE,
-    HumanEval,
-    blind_items,
-    held_out_prompts,
-    human_eval,
-    human_lines,
-    human_results,
-    named_policy,
-    policy_specs,
-    write_human_report,
-)
+from tiller.eval.human import KEY_FILE, HumanEval, blind_items, human_eval, human_results, write_human_report  # noqa: E402
+from tiller.eval.human_cli import held_out_prompts, human_lines, named_policy, policy_specs  # noqa: E402
 from tiller.eval.results import Estimate, WinRate  # noqa: E402
 
 # --------------------------------------------------------------------------------------------- by hand
