@@ -19,7 +19,7 @@ if ! python -c "import importlib.metadata as m, sys; sys.exit(m.version('deepspe
   python -m pip install -q -c constraints.txt setuptools wheel
   python -m pip install -q --no-build-isolation -c constraints.txt "deepspeed==0.19.8"
 fi
-python -m pip install -q -c constraints.txt -e ".[app,dev,judge,deepspeed]"
+python -m pip install -q -c constraints.txt -e ".[app,dev,judge,deepspeed,control]"
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}
 if [ -z "$(ls "$TORCH_EXTENSIONS_DIR"/deepspeed_shm_comm/*.so 2>/dev/null)" ]; then
   python -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null 2>&1 \

@@ -481,6 +481,10 @@ def _mount_optional() -> None:
         app.command("serve", help="Serve a model with an OpenAI-compatible API (/v1/chat/completions).")(serve_cmd)
     except ImportError:  # pragma: no cover
         pass
+    # always mounted: its commands import gymnasium/MuJoCo/SB3 when they run and name the extra if missing
+    from tiller.control.cli import app as control_app
+
+    app.add_typer(control_app, name="control", help="Deep RL from human preferences on control tasks (issue #16).")
 
 
 _mount_optional()

@@ -55,6 +55,7 @@ class AppSettings:
     login_per_ip: tuple[int, float] = (30, 60.0)  # login attempts per address per seconds
     session_max_age_s: int = 14 * 24 * 3600  # a session ends this long after its login, used or not
     runs_dir: Path = Path("runs")  # the run folders /admin/runs lists (`tiller run` writes runs/NAME)
+    clips_dir: Path | None = None  # the MP4s of clip batches (CLIP_ID.mp4), served by assignment only
 
     @classmethod
     def from_env(cls, **overrides: Any) -> AppSettings:
@@ -63,6 +64,8 @@ class AppSettings:
             env["secret_file"] = Path(os.environ["TILLER_APP_SECRET_FILE"])
         if os.environ.get("TILLER_APP_MAX_BODY"):
             env["max_body"] = int(os.environ["TILLER_APP_MAX_BODY"])
+        if os.environ.get("TILLER_APP_CLIPS_DIR"):
+            env["clips_dir"] = Path(os.environ["TILLER_APP_CLIPS_DIR"])
         return replace(cls(**env), **overrides)
 
 

@@ -18,9 +18,10 @@ from sqlalchemy.orm import Session
 
 from .db import init_db, make_engine, session_factory
 from .errors import ServiceError
-from .records import RecordError, parse_lines
+from .records import KINDS, RecordError, parse_lines
 
-app = typer.Typer(help="The labeling app: rankings, demonstrations and a chat playground.", no_args_is_help=False)
+app = typer.Typer(help="The labeling app: rankings, demonstrations, clip comparisons and a chat playground.",
+                  no_args_is_help=False)
 T = TypeVar("T")
 
 DEFAULT_DB = "sqlite:///feedback.db"
@@ -88,6 +89,9 @@ def serve(
         envvar="TILLER_APP_API_DOCS", help="serve /api/docs and /api/openapi.json to logged-in users")] = False,
     runs_dir: Annotated[Path, typer.Option(
         help="the folder of `tiller run`'s run folders, whose status /admin/runs shows")] = Path("runs"),
+    clips_dir: Annotated[Path | None, typer.Option(
+        envvar="TILLER_APP_CLIPS_DIR",
+        help="the folder of clip batches' videos (CLIP_ID.mp4), e.g. what tiller.control renders")] = None,
 ) -> None:
     """Run the web app (behind a TLS reverse proxy for a real team: docs/deployment.md)."""
     import uvicorn
@@ -97,10 +101,12 @@ def serve(
     for m in models or []:
         if not m.is_dir():
             raise fail(f"--models {m}: not a directory")
+    if clips_dir is not None and not clips_dir.is_dir():
+        raise fail(f"--clips-dir {clips_dir}: not a directory")
     with session_for(db):
         pass  # checks the URL and migrates, with a clear error
     settings = AppSettings(secret_file=secret_file, secure_cookies=secure_cookies, max_body=max_body,
-                           max_upload=max_upload, api_docs=api_docs, runs_dir=runs_dir)
+                           max_upload=max_upload, api_docs=api_docs, runs_dir=runs_dir, clips_dir=clips_dir)
     try:
         app_ = create_app(db, models=[str(m) for m in models or []], settings=settings)
     except (OSError, ValueError) as e:
@@ -168,24 +174,30 @@ def unlock(name: Annotated[str, typer.Argument(help="login name")], db: Db = DEF
 
 @app.command("import-batch")
 def import_batch(
-    file: Annotated[Path, typer.Argument(help="JSONL: tiller sample output (rank) or prompts (demo)")],
+    file: Annotated[Path, typer.Argument(
+        help="JSONL: tiller sample output (rank), prompts (demo) or {id, a, b, task} clip pairs (clip)")],
     name: Annotated[str, typer.Option(help="batch name")],
     overlap: Annotated[int, typer.Option(help="distinct labelers per item")] = 1,
-    kind: Annotated[str, typer.Option(help="rank or demo")] = "rank",
+    kind: Annotated[str, typer.Option(help="rank, demo or clip")] = "rank",
     labelers: Annotated[str, typer.Option(help="comma-separated labelers (default: all)")] = "",
     allow_empty: Annotated[bool, typer.Option("--allow-empty", help="accept empty answers (model samples may be)")] = False,
+    clips_dir: Annotated[Path | None, typer.Option(
+        envvar="TILLER_APP_CLIPS_DIR", help="clip batches: the folder holding CLIP_ID.mp4 for every a and b "
+                                            "(the app's --clips-dir)")] = None,
     db: Db = DEFAULT_DB,
 ) -> None:
     """Import a batch: all records or none."""
     from .services.batches import import_batch as do_import
 
-    if kind not in ("rank", "demo"):
-        raise fail(f"--kind must be rank or demo, not {kind!r}")
+    if kind not in KINDS:
+        raise fail(f"--kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    if kind == "clip" and (clips_dir is None or not clips_dir.is_dir()):
+        raise fail(f"--kind clip needs --clips-dir, the folder of the clips ({clips_dir or 'not given'})")
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise fail(f"{file}: cannot read ({e})") from None
-    items = guarded(lambda: parse_lines(text, kind, source=str(file), allow_empty=allow_empty))
+    items = guarded(lambda: parse_lines(text, kind, source=str(file), allow_empty=allow_empty, clips_dir=clips_dir))
     chosen = [x.strip() for x in labelers.split(",") if x.strip()] or None
     with session_for(db) as session:
         batch = guarded(lambda: do_import(session, name, kind, overlap, items, chosen))
@@ -198,7 +210,8 @@ def export(
     out: Annotated[Path, typer.Option(help="output JSONL")],
     db: Db = DEFAULT_DB,
 ) -> None:
-    """Write a batch's labels as JSONL (rankings for `tiller rm`, demonstrations for `tiller sft`)."""
+    """Write a batch's labels as JSONL (rankings for `tiller rm`, demonstrations for `tiller sft`, clip
+    comparisons {id, a, b, mu} for tiller.control; can't-tell answers are left out)."""
     from .services.export import batch_records, write_jsonl
 
     with session_for(db) as session:

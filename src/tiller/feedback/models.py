@@ -1,6 +1,7 @@
 """Database tables of the labeling app (SQLAlchemy 2 declarative; the schema itself lives in Alembic).
 
-A *batch* holds *items* (a prompt and, for ranking, K answers); each item is given to ``overlap`` distinct
+A *batch* holds *items* (a prompt and, for ranking, K answers; for a clip comparison, a task and two clip
+ids); each item is given to ``overlap`` distinct
 labelers as *assignments*; a finished assignment has exactly one *label*. Uniqueness is enforced by the
 database, not by the code: one label per assignment and one label per idempotency key, so a double click
 or a retried request can never store two labels (InstructGPT appendix B: every comparison counts once).
@@ -17,7 +18,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from tiller.data.formats import FLAGS as DATA_FLAGS
 
 ROLES = ("admin", "labeler")
-BATCH_KINDS = ("rank", "demo")
+BATCH_KINDS = ("rank", "demo", "clip")
+# The answers of a clip comparison (Christiano et al. 2017 sec. 2.2: one clip preferred, equally good, or
+# "can't tell", which is recorded but kept out of the training data) and the K=2 ranking each one means
+# (left = clip a = answer 0), so agreement between labelers is measured as for rankings.
+CLIP_CHOICES = ("left", "right", "equal", "cant_tell")
+CLIP_RANKINGS: dict[str, list[list[int]] | None] = {
+    "left": [[0], [1]], "right": [[1], [0]], "equal": [[0, 1]], "cant_tell": None,
+}
 # closed: still pending when its batch went on without it (label.min_done < 1); never handed out or exported
 ASSIGNMENT_STATUSES = ("pending", "done", "skipped", "closed")
 # The per-answer metadata of the InstructGPT labeling interface (Ouyang et al. 2022, Table 3 / Fig. 12),
@@ -114,7 +122,8 @@ class Assignment(Base):
 
 
 class Label(Base):
-    """A ranking (with Likert scores and flags) or a demonstration, for one assignment."""
+    """A ranking (with Likert scores and flags), a demonstration, or a clip comparison's ``choice`` (one of
+    ``CLIP_CHOICES``, with its ranking), for one assignment."""
 
     __tablename__ = "labels"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -124,6 +133,7 @@ class Label(Base):
     likert: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     flags: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     response: Mapped[str | None] = mapped_column(Text, nullable=True)
+    choice: Mapped[str | None] = mapped_column(String(16), nullable=True)
     time_spent_s: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     assignment: Mapped[Assignment] = relationship(back_populates="label")

@@ -1,4 +1,5 @@
-"""Validation of the files an admin imports: ``tiller sample`` output (to rank) or a prompt list (to answer).
+"""Validation of the files an admin imports: ``tiller sample`` output (to rank), a prompt list (to answer),
+or clip pairs (to compare: ``{id, a, b, task}``, a and b the stems of MP4 files in the app's clips folder).
 
 Every record is checked before anything is written, and the first bad one is reported with its line and
 field, so an import is all-or-nothing (the database write is one transaction as well).
@@ -7,12 +8,17 @@ field, so an import is all-or-nothing (the database write is one transaction as 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from tiller.data.formats import DataError, check_messages, check_response, check_text, clean_text
+from tiller.data.formats import DataError, check_messages, check_name, check_response, check_text, clean_text
 
 META_FIELDS = ("policy", "user_id", "family")
+KINDS = ("rank", "demo", "clip")
+CLIP_SUFFIX = ".mp4"  # a clip id names the file CLIP_ID.mp4 in the clips folder
+MAX_TASK = 2000  # characters of a clip batch's task ("Which clip is closer to a backflip?")
 
 
 class RecordError(ValueError):
@@ -32,9 +38,42 @@ class ItemIn:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_record(obj: Any, kind: str, source: str, line: int, allow_empty: bool = False) -> ItemIn:
+def clip_file(clips_dir: Path, clip_id: str) -> Path:
+    """The file of clip ``clip_id``; the id must pass the name rule (no '/', no leading '.'), so the path
+    cannot leave ``clips_dir``."""
+    return clips_dir / f"{check_name(clip_id, 'clip id')}{CLIP_SUFFIX}"
+
+
+def parse_clip_record(obj: dict[str, Any], clips_dir: Path) -> ItemIn:
+    """``{id, a, b, task}``: a and b clip ids whose files exist now; stored as the task (one user turn) and
+    the two ids as the item's answers (a on the left, b on the right)."""
+    clips = []
+    for side in ("a", "b"):
+        value = obj.get(side)
+        if not isinstance(value, str):
+            raise DataError("required: a clip id (the stem of an .mp4 file in the clips folder)", side)
+        check_name(value, side)
+        if not clip_file(clips_dir, value).is_file():
+            raise DataError(f"no clip {value!r} in the clips folder (expected {value}{CLIP_SUFFIX})", side)
+        clips.append(value)
+    if clips[0] == clips[1]:
+        raise DataError("the same clip as 'a': a comparison needs two clips", "b")
+    task = obj.get("task")
+    if not isinstance(task, str) or not task.strip():
+        raise DataError("required: the question shown above the clips, e.g. 'Which clip is closer to a backflip?'",
+                        "task")
+    if len(task) > MAX_TASK:
+        raise DataError(f"longer than {MAX_TASK} characters", "task")
+    check_text(task, "task")
+    return ItemIn(id=obj["id"], prompt=[{"role": "user", "content": task.strip()}], responses=clips)
+
+
+def parse_record(
+    obj: Any, kind: str, source: str, line: int, allow_empty: bool = False, clips_dir: Path | None = None
+) -> ItemIn:
     """One record, checked with the data formats' own rules (``tiller.data.formats``): the same text,
-    prompt and answer checks as ``tiller validate``; empty answers only with ``allow_empty``."""
+    prompt and answer checks as ``tiller validate``; empty answers only with ``allow_empty``; for a clip
+    batch, clip ids whose files are in ``clips_dir``."""
 
     def fail(name: str, msg: str) -> RecordError:
         return RecordError(source, line, name, msg)
@@ -45,6 +84,16 @@ def parse_record(obj: Any, kind: str, source: str, line: int, allow_empty: bool 
         raise fail("id", "required, a non-empty string")
     if len(obj["id"]) > 255:
         raise fail("id", "longer than 255 characters")
+    if kind == "clip":
+        if clips_dir is None:
+            raise ValueError("a clip batch needs the clips folder (--clips-dir) its clip ids refer to")
+        try:
+            check_text(obj["id"], "id")
+            item = parse_clip_record(obj, clips_dir)
+        except DataError as e:
+            raise fail(e.field or "(record)", e.reason) from None
+        item.meta = _meta(obj, fail)
+        return item
     if "prompt" not in obj:
         raise fail("prompt", "required (a string or a list of {role, content})")
     try:
@@ -59,21 +108,34 @@ def parse_record(obj: Any, kind: str, source: str, line: int, allow_empty: bool 
                 if not isinstance(r, str):
                     raise DataError("must be a string", f"responses[{i}]")
                 check_response(r, f"responses[{i}]", allow_empty)
-        meta = {}
-        for name in META_FIELDS:
-            if obj.get(name) is not None:
-                if not isinstance(obj[name], str):
-                    raise DataError("must be a string", name)
-                meta[name] = check_text(obj[name], name)
     except DataError as e:
         raise fail(e.field or "(record)", e.reason) from None
-    return ItemIn(id=obj["id"], prompt=prompt, responses=responses, meta=meta)
+    return ItemIn(id=obj["id"], prompt=prompt, responses=responses, meta=_meta(obj, fail))
 
 
-def parse_lines(text: str, kind: str, source: str = "<upload>", allow_empty: bool = False) -> list[ItemIn]:
-    """All records of a JSONL text, or :class:`RecordError` for the first bad one."""
-    if kind not in ("rank", "demo"):
-        raise ValueError(f"kind must be 'rank' or 'demo', not {kind!r}")
+def _meta(obj: dict[str, Any], fail: Callable[[str, str], RecordError]) -> dict[str, Any]:
+    """The optional metadata fields (``policy``, ``user_id``, ``family``), kept with the item for its export."""
+    meta = {}
+    for name in META_FIELDS:
+        if obj.get(name) is not None:
+            if not isinstance(obj[name], str):
+                raise fail(name, "must be a string")
+            try:
+                meta[name] = check_text(obj[name], name)
+            except DataError as e:
+                raise fail(name, e.reason) from None
+    return meta
+
+
+def parse_lines(
+    text: str, kind: str, source: str = "<upload>", allow_empty: bool = False, clips_dir: Path | None = None
+) -> list[ItemIn]:
+    """All records of a JSONL text, or :class:`RecordError` for the first bad one. A clip batch needs the
+    clips folder its ids refer to."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    if kind == "clip" and clips_dir is None:
+        raise ValueError("a clip batch needs the clips folder (--clips-dir) its clip ids refer to")
     items: list[ItemIn] = []
     seen: dict[str, int] = {}
     # Lines end at \n only: str.splitlines() would also split inside a JSON string holding U+2028.
@@ -84,7 +146,7 @@ def parse_lines(text: str, kind: str, source: str = "<upload>", allow_empty: boo
             obj = json.loads(raw)
         except json.JSONDecodeError as e:
             raise RecordError(source, n, "(json)", f"not valid JSON ({e.msg}, column {e.colno})") from None
-        item = parse_record(obj, kind, source, n, allow_empty)
+        item = parse_record(obj, kind, source, n, allow_empty, clips_dir)
         if item.id in seen:
             raise RecordError(source, n, "id", f"duplicate id {item.id!r} (first on line {seen[item.id]})")
         seen[item.id] = n

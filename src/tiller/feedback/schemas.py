@@ -16,6 +16,7 @@ MAX_PAGE = 1000
 DbId = Annotated[int, Path(ge=1, le=MAX_DB_ID, description="a database id")]
 PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE, description="rows to return, 1-1000")]
 AssignmentStatus = Literal["pending", "done", "skipped", "closed"]
+ClipSide = Annotated[int, Path(ge=0, le=1, description="0: the left clip (a), 1: the right clip (b)")]
 
 
 def _text(value: str) -> str:
@@ -49,6 +50,16 @@ class DemonstrationCreate(BaseModel):
     idempotency_key: str | None = None
 
 
+class ClipChoiceCreate(BaseModel):
+    """Which of two clips does the task better: ``left`` (a), ``right`` (b), ``equal``, or ``cant_tell``
+    (recorded, never exported for training; Christiano et al. 2017 sec. 2.2)."""
+
+    model_config = ConfigDict(extra="forbid")
+    choice: Literal["left", "right", "equal", "cant_tell"]
+    time_spent_s: Seconds = 0.0
+    idempotency_key: str | None = None
+
+
 class LabelPublic(BaseModel):
     id: int
     assignment_id: int
@@ -57,6 +68,7 @@ class LabelPublic(BaseModel):
     flags: list[list[str]] | None
     response: str | None
     time_spent_s: float
+    choice: str | None = None
     replayed: bool = False
 
 
@@ -68,7 +80,8 @@ class AssignmentPublic(BaseModel):
     status: str
     labeler: str
     prompt: list[dict[str, str]]
-    responses: list[str] | None
+    responses: list[str] | None  # None for a clip comparison: its clips are fetched by URL (``clips``)
+    clips: list[str] | None = None  # a clip comparison's two videos (left, right), served by assignment
 
 
 class BatchPublic(BaseModel):

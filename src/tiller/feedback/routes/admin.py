@@ -49,6 +49,7 @@ def runs_page(request: Request, user: AdminUser) -> Response:
 
 @router.post("/batches")
 def import_batch_form(
+    request: Request,
     db: Db,
     user: AdminUser,
     file: UploadFile,
@@ -60,7 +61,11 @@ def import_batch_form(
 ) -> Response:
     if kind not in BATCH_KINDS:  # checked first: parse_lines would raise a bare ValueError (a 500)
         raise Invalid(f"task must be one of {', '.join(BATCH_KINDS)}, not {kind!r}")
-    items = parse_lines(read_upload(file), kind, source=file.filename or "upload", allow_empty=allow_empty)
+    clips_dir = request.app.state.settings.clips_dir
+    if kind == "clip" and clips_dir is None:
+        raise Invalid("this app has no clips folder: start it with `tiller app serve --clips-dir DIR`")
+    items = parse_lines(read_upload(file), kind, source=file.filename or "upload", allow_empty=allow_empty,
+                        clips_dir=clips_dir)
     chosen = [x.strip() for x in labelers.split(",") if x.strip()] or None
     batch = batches.import_batch(db, name, kind, overlap, items, chosen)
     return RedirectResponse(f"/admin/batches/{quote(batch.name)}", status_code=303)

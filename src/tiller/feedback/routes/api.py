@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import FileResponse, StreamingResponse
 
 from tiller.data.formats import clean_text
 
@@ -16,6 +16,8 @@ from ..schemas import (
     AssignmentPublic,
     AssignmentStatus,
     BatchPublic,
+    ClipChoiceCreate,
+    ClipSide,
     DbId,
     DemonstrationCreate,
     LabelPublic,
@@ -24,22 +26,27 @@ from ..schemas import (
     UserPublic,
 )
 from ..services import batches, export, labels
+from .labeling import clip_response
 
 router = APIRouter(prefix="/api")
 
 
 def assignment_public(a: Assignment) -> AssignmentPublic:
     item = a.item  # clean_text: a record stored before the text rule still gives a readable answer
+    clip = item.batch.kind == "clip"  # its clips by URL: a client never names a clip file
     return AssignmentPublic(
         id=a.id, batch=clean_text(item.batch.name), kind=item.batch.kind, item_id=clean_text(item.external_id),
-        status=a.status, labeler=a.user.name, prompt=clean_text(item.prompt), responses=clean_text(item.responses),
+        status=a.status, labeler=a.user.name, prompt=clean_text(item.prompt),
+        responses=None if clip else clean_text(item.responses),
+        clips=[f"/api/assignments/{a.id}/clips/{side}" for side in (0, 1)] if clip else None,
     )
 
 
 def label_public(label: Label, replayed: bool) -> LabelPublic:
     return LabelPublic(
         id=label.id, assignment_id=label.assignment_id, ranking=label.ranking, likert=label.likert,
-        flags=label.flags, response=clean_text(label.response), time_spent_s=label.time_spent_s, replayed=replayed,
+        flags=label.flags, response=clean_text(label.response), time_spent_s=label.time_spent_s, choice=label.choice,
+        replayed=replayed,
     )
 
 
@@ -73,7 +80,7 @@ def submit_label(
     db: Db,
     user: CurrentUser,
     assignment_id: DbId,
-    body: RankingCreate | DemonstrationCreate,
+    body: RankingCreate | DemonstrationCreate | ClipChoiceCreate,
     response: Response,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> LabelPublic:
@@ -84,6 +91,12 @@ def submit_label(
     if replayed:
         response.status_code = 200
     return label_public(label, replayed)
+
+
+@router.get("/assignments/{assignment_id}/clips/{side}")
+def clip_video(request: Request, db: Db, user: CurrentUser, assignment_id: DbId, side: ClipSide) -> FileResponse:
+    """A clip assignment's video, side 0 (left, a) or 1 (right, b): the assignment's labeler or an admin."""
+    return clip_response(request, db, user, assignment_id, side)
 
 
 @router.post("/assignments/{assignment_id}/skip")

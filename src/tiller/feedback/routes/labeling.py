@@ -1,4 +1,4 @@
-"""Labeler pages: home, the ranking and demonstration forms, skip."""
+"""Labeler pages: home, the ranking, demonstration and clip-comparison forms, the clips themselves, skip."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import FileResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import FormData
 
@@ -18,8 +18,8 @@ from tiller.data.formats import MAX_TIME_S, clean_text
 from ..deps import CurrentUser, Db
 from ..errors import Invalid
 from ..models import FLAGS, Assignment, Batch
-from ..schemas import DbId, DemonstrationCreate, RankingCreate
-from ..services import batches, labels
+from ..schemas import ClipChoiceCreate, ClipSide, DbId, DemonstrationCreate, RankingCreate
+from ..services import batches, clips, labels
 from ..web import render
 
 router = APIRouter()
@@ -71,6 +71,9 @@ def next_item(db: Db, user: CurrentUser, batch: str | None = None) -> Response:
     return RedirectResponse(f"/assignments/{a.id}" if a else "/?done=1", status_code=303)
 
 
+PAGES = {"rank": "rank.html", "demo": "demo.html", "clip": "clip.html"}  # the form of each batch kind
+
+
 @router.get("/assignments/{assignment_id}")
 def assignment_page(request: Request, db: Db, user: CurrentUser, assignment_id: DbId) -> Response:
     found = batches.visible_assignment(db, user, assignment_id)
@@ -85,7 +88,19 @@ def assignment_page(request: Request, db: Db, user: CurrentUser, assignment_id: 
         "editable": a.user_id == user.id and a.status == "pending",
         "counts": mine[0] if mine else {},
     }
-    return render(request, "rank.html" if batch.kind == "rank" else "demo.html", ctx)
+    return render(request, PAGES[batch.kind], ctx)
+
+
+def clip_response(request: Request, db: Db, user: CurrentUser, assignment_id: int, side: int) -> FileResponse:
+    """The video of one side of a clip assignment (see :mod:`..services.clips`); range requests work, so a
+    browser can seek and loop it. Private: the browser may keep it, no proxy may."""
+    path = clips.clip_path(db, user, assignment_id, side, request.app.state.settings.clips_dir)
+    return FileResponse(path, media_type="video/mp4", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/assignments/{assignment_id}/clips/{side}")
+def clip_video(request: Request, db: Db, user: CurrentUser, assignment_id: DbId, side: ClipSide) -> Response:
+    return clip_response(request, db, user, assignment_id, side)
 
 
 def _form_seconds(form: FormData) -> Any:
@@ -99,10 +114,12 @@ def _form_seconds(form: FormData) -> Any:
     return min(seconds, MAX_TIME_S) if math.isfinite(seconds) else raw
 
 
-def _parse_form(form: FormData, kind: str, k: int) -> RankingCreate | DemonstrationCreate:
+def _parse_form(form: FormData, kind: str, k: int) -> labels.LabelCreate:
     """The form as the API's schema; its checks (text, newlines, numbers) are the API's, one place."""
     time_spent = _form_seconds(form)
     try:
+        if kind == "clip":
+            return ClipChoiceCreate(choice=str(form.get("choice") or ""), time_spent_s=time_spent)  # type: ignore[arg-type]
         if kind == "demo":
             # Browsers send a textarea's line breaks as CRLF; the schema makes them \n, as for the API.
             return DemonstrationCreate(response=str(form.get("response") or ""), time_spent_s=time_spent)

@@ -174,7 +174,7 @@ def batch_progress(session: Session, name: str, with_agreement: bool = True) -> 
     for user_name, status, n in session.execute(q):
         progress.counts[status] = progress.counts.get(status, 0) + n
         progress.per_labeler.setdefault(user_name, {})[status] = n
-    if with_agreement and batch.kind == "rank":
+    if with_agreement and batch.kind in ("rank", "clip"):  # a clip choice is a ranking of K=2 (models.CLIP_RANKINGS)
         rankings: dict[str, dict[str, Any]] = defaultdict(dict)
         rows = (
             select(Item.external_id, User.name, Label.ranking)
@@ -184,7 +184,8 @@ def batch_progress(session: Session, name: str, with_agreement: bool = True) -> 
             .where(Item.batch_id == batch.id)
         )
         for item_id, user_name, ranking in session.execute(rows):
-            rankings[item_id][user_name] = ranking
+            if ranking is not None:  # a can't-tell answer orders nothing
+                rankings[item_id][user_name] = ranking
         progress.agreement = batch_agreement(rankings)
     return progress
 

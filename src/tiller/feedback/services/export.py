@@ -1,5 +1,6 @@
-"""Exports in the formats ``tiller rm`` (rankings), ``tiller sft`` (demonstrations) and the prompt curation
-step read, and :func:`wait_and_export` for ``tiller label --labeler app``."""
+"""Exports in the formats ``tiller rm`` (rankings), ``tiller sft`` (demonstrations), the prompt curation
+step and ``tiller.control`` (clip comparisons) read, and :func:`wait_and_export` for ``tiller label
+--labeler app``."""
 
 from __future__ import annotations
 
@@ -24,9 +25,10 @@ from .batches import BatchProgress, batch_progress, get_batch
 def batch_records(session: Session, batch_name: str) -> Iterator[dict[str, Any]]:
     """One record per finished assignment (an item labeled by N labelers gives N records), item order.
 
-    Rankings are ``tiller.data.formats.Ranking`` records, demonstrations ``Demonstration`` records, both
-    with the item's import metadata (``policy``, ``user_id``, ``family``) and the labeler's
-    ``time_spent_s``. Text stored before the text rule is written with bad characters as U+FFFD."""
+    Rankings are ``tiller.data.formats.Ranking`` records, demonstrations ``Demonstration`` records, clip
+    comparisons as :func:`clip_record` writes them (can't-tell answers left out), all with the item's import metadata
+    (``policy``, ``user_id``, ``family``) and the labeler's ``time_spent_s``. Text stored before the text
+    rule is written with bad characters as U+FFFD."""
     batch = get_batch(session, batch_name)
     q = (
         select(Item, User.name, Label)
@@ -37,7 +39,11 @@ def batch_records(session: Session, batch_name: str) -> Iterator[dict[str, Any]]
         .order_by(Item.position, User.name)
     )
     for item, labeler, label in session.execute(q):
-        if batch.kind == "rank":
+        if batch.kind == "clip":
+            if label.choice not in CLIP_MU:  # can't tell: recorded, but no preference to learn from
+                continue
+            rec = clip_record(item, labeler, label)
+        elif batch.kind == "rank":
             rec = {
                 "prompt": item.prompt,
                 "responses": item.responses,
@@ -51,6 +57,18 @@ def batch_records(session: Session, batch_name: str) -> Iterator[dict[str, Any]]
             rec = {"prompt": item.prompt, "response": label.response, "labeler": labeler, "id": item.external_id}
         meta = {k: v for k, v in (item.meta or {}).items() if k in META_FIELDS and v is not None}
         yield clean_text({**rec, **meta, "time_spent_s": label.time_spent_s})
+
+
+# mu = P(a preferred), the target of Christiano et al. 2017's cross-entropy: left (a) 1, right (b) 0, equal 0.5
+CLIP_MU = {"left": 1.0, "right": 0.0, "equal": 0.5}
+
+
+def clip_record(item: Item, labeler: str, label: Label) -> dict[str, Any]:
+    """``{id, a, b, mu, task, labeler}``: a and b the clip ids (a shown on the left), mu from the choice."""
+    a, b = item.responses or ["", ""]
+    task = item.prompt[-1]["content"] if item.prompt else ""
+    return {"id": item.external_id, "a": a, "b": b, "mu": CLIP_MU[str(label.choice)], "task": task,
+            "labeler": labeler}
 
 
 def pseudonym(user: User) -> str:
@@ -209,6 +227,6 @@ def wait_and_export(
 
 
 __all__ = [
-    "batch_records", "chat_comparison_records", "chat_rating_records", "export_batch", "export_chat", "export_prompts",
+    "CLIP_MU", "batch_records", "clip_record", "chat_comparison_records", "chat_rating_records", "export_batch", "export_chat", "export_prompts",
     "get_batch", "prompt_records", "wait_and_export",
 ]

@@ -18,9 +18,11 @@ from tiller.data.formats import DataError, check_response, check_time
 
 from ..db import end_read, writing
 from ..errors import Conflict, Invalid
-from ..models import FLAGS, Assignment, Label, User, utcnow
-from ..schemas import DemonstrationCreate, RankingCreate
+from ..models import CLIP_RANKINGS, FLAGS, Assignment, Label, User, utcnow
+from ..schemas import ClipChoiceCreate, DemonstrationCreate, RankingCreate
 from .batches import visible_assignment
+
+LabelCreate = RankingCreate | DemonstrationCreate | ClipChoiceCreate
 
 _KEY = re.compile(r"^[A-Za-z0-9_.:-]{8,64}$")
 
@@ -53,7 +55,11 @@ def validate_ranking(ranking: list[list[int]], k: int) -> list[list[int]]:
     return [sorted(group) for group in ranking]
 
 
-def _validate(data: RankingCreate | DemonstrationCreate, kind: str, k: int) -> dict:
+def _validate(data: LabelCreate, kind: str, k: int) -> dict:
+    if kind == "clip":
+        if not isinstance(data, ClipChoiceCreate):
+            raise Invalid("this item compares two clips: send 'choice' (left, right, equal or cant_tell)")
+        return {"choice": data.choice, "ranking": CLIP_RANKINGS[data.choice]}
     if kind == "demo":
         if not isinstance(data, DemonstrationCreate):
             raise Invalid("this item asks for a demonstration: send 'response'")
@@ -89,7 +95,7 @@ def _replay(session: Session, user: User, assignment_id: int, key: str) -> Label
 
 
 def submit_label(
-    session: Session, user: User, assignment_id: int, data: RankingCreate | DemonstrationCreate, key: str
+    session: Session, user: User, assignment_id: int, data: LabelCreate, key: str
 ) -> tuple[Label, bool]:
     """Store the label for an assignment once. Returns (label, replayed)."""
     if not _KEY.match(key or ""):
