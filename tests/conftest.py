@@ -7,7 +7,9 @@ cores; the stage tests start from ``tiny_base_dir`` instead of pretraining again
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,3 +43,33 @@ def tiny_base_dir(tiny_world_dir) -> Path:
     pretrain(PretrainConfig(**TINY_PRETRAIN), tiny_world_dir / "corpus-train.jsonl",
              tiny_world_dir / "corpus-valid.jsonl", run / "base", run / "logs")
     return run / "base"
+
+
+@pytest.fixture
+def cheap_argon2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """argon2 at its production cost is ~0.5 s a hash on a shared CI core; tests use the same algorithm at
+    minimal cost (``tests/feedback/test_feedback_security.py`` checks the production settings)."""
+    pytest.importorskip("argon2")
+    from argon2 import PasswordHasher
+
+    from tiller.feedback import security
+
+    monkeypatch.setattr(security, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+
+
+@pytest.fixture
+def db(tmp_path: Path, cheap_argon2: None) -> Iterator[tuple[str, Any]]:
+    """(URL, session factory) of a fresh SQLite database of the labeling app with labelers ana and ben."""
+    pytest.importorskip("sqlalchemy")
+    from tiller.feedback.db import init_db, make_engine, session_factory
+    from tiller.feedback.services.users import create_user
+
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    init_db(url)
+    engine = make_engine(url)
+    sessions = session_factory(engine)
+    with sessions() as s:
+        for name in ("ana", "ben"):
+            create_user(s, name, "labeler", "correct horse")
+    yield url, sessions
+    engine.dispose()

@@ -185,3 +185,38 @@ def fake_run(rd: Path, config: dict[str, Any], outputs: list[str]) -> Path:
         else:
             write_manifest(path, stage=path.name, fingerprint="test")
     return rd
+
+
+# -- real Chromium for the app's browser tests (tests/feedback/test_feedback_browser.py, ..._clips_browser.py) --
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+
+
+@contextmanager
+def chromium_page(width: int = 1360, extra_args: tuple[str, ...] = ()) -> Iterator[Any]:
+    """A Playwright page in Debian's Chromium (``.ci/chromium.sh``), 20 s timeouts; the test skips without
+    Playwright."""
+    import pytest
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[*CHROMIUM_ARGS, *extra_args], headless=True)
+        context = browser.new_context(viewport={"width": width, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        yield page
+        context.close()
+        browser.close()
+
+
+def keep_screenshot(path: Path, name: str) -> None:
+    """Copy a test's screenshot to docs/screenshots/ only with TILLER_UPDATE_SCREENSHOTS=1, so an ordinary
+    test run never rewrites tracked files."""
+    import os
+    import shutil
+
+    if os.environ.get("TILLER_UPDATE_SCREENSHOTS") == "1":
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, SHOTS / name)

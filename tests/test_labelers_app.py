@@ -25,7 +25,6 @@ from sqlalchemy import func, select  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from tiller.config import ConfigError, from_dict  # noqa: E402
-from tiller.feedback.db import init_db, make_engine, session_factory  # noqa: E402
 from tiller.feedback.errors import NotFound  # noqa: E402
 from tiller.feedback.models import Assignment, Batch, Item, User  # noqa: E402
 from tiller.feedback.schemas import RankingCreate  # noqa: E402
@@ -34,6 +33,7 @@ from tiller.feedback.services.labels import skip_assignment, submit_label  # noq
 from tiller.feedback.services.users import create_user  # noqa: E402
 from tiller.labelers import LabelConfig, copeland, label  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("cheap_argon2")
 BATCH = "round1"
 SETS = [
     {"id": "p0", "prompt": [{"role": "user", "content": "Name a colour."}], "responses": ["Red.", "Blue.", "Green."],
@@ -49,30 +49,6 @@ CHOICES = {
     ("p2", "ana"): [[2], [0], [1]], ("p2", "ben"): [[0, 1, 2]],
 }
 LIKERT = {"ana": [5, 3, 1], "ben": [2, 6, 4]}
-
-
-@pytest.fixture(autouse=True)
-def cheap_argon2(monkeypatch: pytest.MonkeyPatch) -> None:
-    """argon2 at its production cost is ~0.5 s a hash; these tests never log in, so the minimal cost will do."""
-    from argon2 import PasswordHasher
-
-    from tiller.feedback import security
-
-    monkeypatch.setattr(security, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[tuple[str, Any]]:
-    """(db URL, session factory) of a fresh SQLite database with labelers ana and ben."""
-    url = f"sqlite:///{tmp_path / 'app.db'}"
-    init_db(url)
-    engine = make_engine(url)
-    sessions = session_factory(engine)
-    with sessions() as s:
-        create_user(s, "ana", "labeler", "correct horse")
-        create_user(s, "ben", "labeler", "correct horse")
-    yield url, sessions
-    engine.dispose()
 
 
 @pytest.fixture

@@ -98,7 +98,7 @@ def test_no_test_users_and_no_test_file_is_a_clear_error(tiny_base_dir, tmp_path
         prepare(cfg, tmp_path / "run")
 
 
-def test_playground_prompts_with_consent_are_a_source(tiny_base_dir, tmp_path):
+def test_playground_prompts_with_consent_are_a_source(tiny_base_dir, tmp_path, cheap_argon2):
     pytest.importorskip("sqlalchemy")
     from tiller.feedback.db import init_db, make_engine, session_factory
     from tiller.feedback.services.playground import add_exchange, create_conversation

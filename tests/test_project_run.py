@@ -84,17 +84,13 @@ def start_run(rd: Path, base: Path, db: str, log: Path) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_project_run_with_people_killed_while_waiting_resumes_and_reports(tiny_base_dir, tmp_path, monkeypatch):
-    from argon2 import PasswordHasher
-
-    from tiller.feedback import security
+def test_project_run_with_people_killed_while_waiting_resumes_and_reports(tiny_base_dir, tmp_path, cheap_argon2):
     from tiller.feedback.app import create_app
     from tiller.feedback.db import init_db, make_engine, session_factory
     from tiller.feedback.models import Batch, Item
     from tiller.feedback.services.users import create_token, create_user
     from tiller.status import run_status
 
-    monkeypatch.setattr(security, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
     db = f"sqlite:///{tmp_path / 'feedback.db'}"
     init_db(db)
     engine = make_engine(db)

@@ -23,9 +23,12 @@ from fastapi.testclient import TestClient  # noqa: E402
 from sqlalchemy import create_engine, select, text  # noqa: E402
 
 from tiller.control import render  # noqa: E402
-from tiller.control.app_source import AppComparisonSource, clip_id  # noqa: E402
+from tiller.control.app_source import (  # noqa: E402
+    AppComparisonSource,
+    AppSource,  # noqa: E402
+    clip_id,
+)
 from tiller.control.config import AppSourceConfig  # noqa: E402
-from tiller.control.labelers_app import AppSource  # noqa: E402
 from tiller.control.predictor import Comparison  # noqa: E402
 from tiller.control.segments import Segment, cut  # noqa: E402
 from tiller.feedback.app import AppSettings, create_app  # noqa: E402

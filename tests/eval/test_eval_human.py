@@ -11,7 +11,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,8 @@ from tiller.eval.evaluate import wilson  # noqa: E402
 from tiller.eval.human import KEY_FILE, HumanEval, blind_items, human_eval, human_results, write_human_report  # noqa: E402
 from tiller.eval.human_cli import held_out_prompts, human_lines, named_policy, policy_specs  # noqa: E402
 from tiller.eval.results import Estimate, WinRate  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("cheap_argon2")  # users log in: argon2 at minimal cost
 
 # --------------------------------------------------------------------------------------------- by hand
 
@@ -211,33 +212,6 @@ def test_judge_app_cli_refuses_the_other_judges_options(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------- the app
-
-
-@pytest.fixture(autouse=True)
-def cheap_argon2(monkeypatch: pytest.MonkeyPatch) -> None:
-    """argon2 at its production cost is ~0.5 s a hash; the same algorithm at minimal cost will do here."""
-    from argon2 import PasswordHasher
-
-    from tiller.feedback import security
-
-    monkeypatch.setattr(security, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[tuple[str, Any]]:
-    """(URL, session factory) of a fresh SQLite database with labelers ana and ben."""
-    from tiller.feedback.db import init_db, make_engine, session_factory
-    from tiller.feedback.services.users import create_user
-
-    url = f"sqlite:///{tmp_path / 'app.db'}"
-    init_db(url)
-    engine = make_engine(url)
-    sessions = session_factory(engine)
-    with sessions() as s:
-        for name in ("ana", "ben"):
-            create_user(s, name, "labeler", "correct horse")
-    yield url, sessions
-    engine.dispose()
 
 
 def counts(sessions: Any) -> tuple[int, ...]:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_eval_human import cheap_argon2, db  # noqa: F401  (fixtures: the app's database with ana and ben)
 from test_eval_report import check_png
 
 from helpers import first_token_judge, served_model

@@ -7,11 +7,6 @@ test run never rewrites tracked files."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from helpers import CHROMIUM, chromium_page, keep_screenshot, live_server
 from tiller.feedback.app import create_app
 from tiller.feedback.models import Assignment, ChatMessage, ChatPrompt, Label
 from tiller.feedback.records import parse_lines
@@ -26,10 +22,6 @@ from tiller.feedback.services.batches import import_batch
 from tiller.feedback.services.export import export_batch
 from tiller.feedback.services.users import create_user
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 EVIL = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
 
 pytestmark = [
@@ -41,7 +33,7 @@ pytestmark = [
 @pytest.fixture
 def served(tmp_path: Path, tiny_model_dir: Path) -> Iterator[tuple[str, Any, str]]:
     """(base URL, app, db URL): the app with a real ChatEngine on the tiny model, in a uvicorn thread."""
-    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn")
     from tiller.serve.engine import ChatEngine
 
     db_url = f"sqlite:///{tmp_path / 'browser.db'}"
@@ -50,32 +42,15 @@ def served(tmp_path: Path, tiny_model_dir: Path) -> Iterator[tuple[str, Any, str
     with app.state.sessions() as s:
         create_user(s, "root", "admin", "correct horse")
         create_user(s, "ana", "labeler", "correct horse")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", app, db_url
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_server(app) as url:
+        yield url, app, db_url
     app.state.db_engine.dispose()
 
 
 @pytest.fixture
 def page() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        context = browser.new_context(viewport={"width": 1360, "height": 900})
-        pg = context.new_page()
-        pg.set_default_timeout(20_000)
+    with chromium_page(width=1360) as pg:
         yield pg
-        context.close()
-        browser.close()
 
 
 def screenshot(page: Any, tmp_path: Path, name: str) -> Path:
@@ -84,9 +59,7 @@ def screenshot(page: Any, tmp_path: Path, name: str) -> Path:
     page.screenshot(path=str(path), full_page=True)
     data = path.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000, f"{name}: not a PNG screenshot"
-    if os.environ.get("TILLER_UPDATE_SCREENSHOTS") == "1":
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, SHOTS / name)
+    keep_screenshot(path, name)
     return path
 
 

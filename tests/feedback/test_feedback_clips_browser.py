@@ -7,11 +7,6 @@ docs/screenshots/ with ``TILLER_UPDATE_SCREENSHOTS=1``), as in test_feedback_bro
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +15,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from helpers import CHROMIUM, chromium_page, keep_screenshot, live_server
 from tiller.feedback.app import AppSettings, create_app
 from tiller.feedback.models import Label
 from tiller.feedback.records import parse_lines
@@ -27,11 +23,6 @@ from tiller.feedback.services.batches import import_batch
 from tiller.feedback.services.export import batch_records
 from tiller.feedback.services.users import create_user
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--autoplay-policy=no-user-gesture-required"]
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 TASK = "Which clip is closer to a backflip?"
 
 pytestmark = [
@@ -68,37 +59,20 @@ def clips(tmp_path: Path) -> Path:
 @pytest.fixture
 def served(tmp_path: Path, clips: Path) -> Iterator[tuple[str, Any]]:
     """(base URL, app): the app with the clips folder, in a uvicorn thread."""
-    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn")
     app = create_app(f"sqlite:///{tmp_path / 'browser.db'}", secret_key="browser",
                      settings=AppSettings(clips_dir=clips))
     with app.state.sessions() as s:
         create_user(s, "ana", "labeler", "correct horse")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", app
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_server(app) as url:
+        yield url, app
     app.state.db_engine.dispose()
 
 
 @pytest.fixture
 def page() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        context = browser.new_context(viewport={"width": 1200, "height": 900})
-        pg = context.new_page()
-        pg.set_default_timeout(20_000)
+    with chromium_page(width=1200, extra_args=("--autoplay-policy=no-user-gesture-required",)) as pg:
         yield pg
-        context.close()
-        browser.close()
 
 
 PLAYING = """() => Array.from(document.querySelectorAll('.clip video')).map((v) => ({
@@ -141,9 +115,7 @@ def test_compare_two_playing_clips_with_the_keyboard(served: tuple[str, Any], pa
     screenshot = tmp_path / "clips.png"
     page.screenshot(path=str(screenshot), full_page=True)
     assert screenshot.read_bytes().startswith(b"\x89PNG")
-    if os.environ.get("TILLER_UPDATE_SCREENSHOTS") == "1":
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(screenshot, SHOTS / "clips.png")
+    keep_screenshot(screenshot, "clips.png")
 
     # answer with the keyboard: 2 (right is better), then the down arrow (equally good) on the next pair
     page.wait_for_timeout(200)  # so the page's timer has something to report

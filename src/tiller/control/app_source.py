@@ -10,7 +10,9 @@ never returned: they carry no preference to learn from.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import json
 from collections import Counter
 from pathlib import Path
@@ -27,6 +29,7 @@ from tiller.feedback.records import CLIP_SUFFIX, parse_lines
 from tiller.feedback.services.batches import import_batch
 from tiller.feedback.services.export import CLIP_MU
 
+from .config import AppSourceConfig
 from .predictor import Comparison
 from .render import render_clip
 from .segments import Segment
@@ -203,3 +206,35 @@ class AppComparisonSource:
             del self._batches[name]
         still = Counter(s for items in self._batches.values() for pair in items.values() for s in pair)
         self._segments = {k: v for k, v in self._segments.items() if still[k]}
+
+
+class AppSource:
+    """``source: app`` for the training loop: :class:`AppComparisonSource` set up from the run's
+    ``AppSourceConfig``, with a state the loop keeps in its JSON loop state (the source's numpy arrays as one
+    ``np.savez`` archive, base64-encoded: saved and restored with the loop's comparisons, never a pickle)."""
+
+    def __init__(self, cfg: AppSourceConfig, batch_prefix: str, clips_dir: Path, env_id: str):
+        self.source = AppComparisonSource(cfg.db, Path(clips_dir), batch_prefix, env_id, overlap=cfg.overlap,
+                                          task=cfg.task.strip() or DEFAULT_TASK)
+
+    def ask(self, pairs: list[tuple[Segment, Segment]]) -> None:
+        self.source.ask(pairs)
+
+    def collect(self) -> list[Comparison]:
+        return self.source.collect()
+
+    def pending(self) -> int:
+        return self.source.pending()
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able: ``{"npz": base64 of np.savez(source.state_dict())}``."""
+        buf = io.BytesIO()
+        np.savez(buf, **self.source.state_dict())  # type: ignore[arg-type]
+        return {"npz": base64.b64encode(buf.getvalue()).decode("ascii")}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        with np.load(io.BytesIO(base64.b64decode(d["npz"])), allow_pickle=False) as data:
+            self.source.load_state_dict(data)
+
+    def close(self) -> None:
+        self.source.close()

@@ -85,13 +85,13 @@ class OracleSource:
 
 
 def make_source(cfg: ControlConfig, out: Path) -> ComparisonSource:
-    """The oracle, or people in ``tiller app`` through ``tiller.control.labelers_app.AppSource``."""
+    """The oracle, or people in ``tiller app`` through ``tiller.control.app_source.AppSource``."""
     if cfg.source == "oracle":
         return OracleSource(cfg.oracle_tie_eps)
     try:
-        from tiller.control.labelers_app import AppSource
+        from tiller.control.app_source import AppSource
     except ImportError as e:
-        raise ConfigError(f"source=app needs the app extra and tiller.control.labelers_app ({e})") from None
+        raise ConfigError(f"source=app needs the app extra and tiller.control.app_source ({e})") from None
     batch = cfg.app.batch_prefix or f"control-{out.parent.name}"
     return AppSource(cfg.app, batch_prefix=batch, clips_dir=cfg.app.clips_dir or out.parent / "control-clips",
                      env_id=cfg.env)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tiller.config import ConfigError, field
 from tiller.control.segments import Segment
 
 _EPS = 1e-8
@@ -36,30 +37,30 @@ _EPS = 1e-8
 class PredictorConfig:
     """The reward ensemble's hyperparameters; defaults after the paper's MuJoCo setup (Appendix A.1)."""
 
-    members: int = 3
-    hidden: int = 64
-    layers: int = 2  # hidden layers
-    dropout: float = 0.0
-    l2: float = 1e-3  # initial coefficient of sum(W^2) per member; tuned after each fit when tune_l2
-    lr: float = 3e-4
-    batch_size: int = 32  # comparisons per gradient step (per member)
-    epochs: int = 10  # passes over each member's bootstrap resample per fit
-    label_noise: float = 0.1  # P(the labeler answers at random), sec. 2.2.3
-    val_frac: float = 1 / math.e
-    tune_l2: bool = True
-    seed: int = 0
-    l2_factor: float = 1.5  # l2 is multiplied or divided by this when val/train leaves [1.1, 1.5]
-    min_val_labels: int = 10  # below this many comparisons nothing is held out (and l2 is not tuned)
+    members: int = field(3, help="networks in the ensemble, each fitted to its own bootstrap resample")
+    hidden: int = field(64, help="units per hidden layer (the paper: 64)")
+    layers: int = field(2, help="hidden layers (the paper: 2, leaky ReLU)")
+    dropout: float = field(0.0, help="dropout after each hidden layer")
+    l2: float = field(1e-3, help="initial coefficient of sum(W^2) per member; tuned after each fit when tune_l2")
+    lr: float = field(3e-4, help="Adam learning rate")
+    batch_size: int = field(32, help="comparisons per gradient step (per member)")
+    epochs: int = field(10, help="passes over each member's bootstrap resample per fit")
+    label_noise: float = field(0.1, help="P(the labeler answers at random), sec. 2.2.3")
+    val_frac: float = field(1 / math.e, help="share of comparisons held out for validation (the paper: 1/e)")
+    tune_l2: bool = field(True, help="adjust l2 after each fit so validation loss stays 1.1-1.5x training loss")
+    seed: int = field(0, help="random seed of the members' weights, resamples and validation split")
+    l2_factor: float = field(1.5, help="l2 is multiplied or divided by this when val/train leaves [1.1, 1.5]")
+    min_val_labels: int = field(10, help="below this many comparisons nothing is held out (and l2 is not tuned)")
 
     def validate(self) -> None:
         if self.members < 1 or self.hidden < 1 or self.layers < 0:
-            raise ValueError("members >= 1, hidden >= 1 and layers >= 0 are required")
+            raise ConfigError("members >= 1, hidden >= 1 and layers >= 0 are required")
         if not 0.0 <= self.label_noise < 1.0:
-            raise ValueError(f"label_noise must be in [0, 1), got {self.label_noise}")
+            raise ConfigError(f"label_noise must be in [0, 1), got {self.label_noise}")
         if not 0.0 <= self.val_frac < 1.0:
-            raise ValueError(f"val_frac must be in [0, 1), got {self.val_frac}")
+            raise ConfigError(f"val_frac must be in [0, 1), got {self.val_frac}")
         if not 0.0 <= self.dropout < 1.0 or self.l2 < 0 or self.l2_factor <= 1.0:
-            raise ValueError("dropout in [0, 1), l2 >= 0 and l2_factor > 1 are required")
+            raise ConfigError("dropout in [0, 1), l2 >= 0 and l2_factor > 1 are required")
 
 
 @dataclass
@@ -381,7 +382,7 @@ class RewardEnsemble:
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         if (d["obs_dim"], d["act_dim"]) != (self.obs_dim, self.act_dim) or d["config"] != asdict(self.cfg):
-            raise ValueError("checkpoint was saved by an ensemble of another shape or config: "
+            raise ConfigError("checkpoint was saved by an ensemble of another shape or config: "
                              f"{d['obs_dim']}+{d['act_dim']} {d['config']}")
         self.model.load_state_dict(d["model"])
         self._opt, self._opt_state = None, d["optimizer"]

@@ -27,7 +27,7 @@ from tiller.config import ConfigError
 from tiller.data import FLAGS
 from tiller.eval.elo import Match, elo_intervals, elo_ratings
 from tiller.eval.evaluate import MEAN_BOUNDS, mean_ci, outcome_summary, wilson
-from tiller.eval.plots import finite, title
+from tiller.eval.plots import error_bars, finite, plot_panels
 from tiller.eval.results import Estimate, WinRate, _elo, _estimates, _int, _obj, _str
 from tiller.runs import atomic_write_text
 
@@ -314,13 +314,6 @@ def human_eval(db: str, batch: str, prompts: list, answers: dict[str, list[str]]
 # ---------------------------------------------------------------------------------------------- plots, page
 
 
-def _errs(vals: list[float], ests: list[Any]) -> list[list[float]]:
-    """Error bar lengths below and above each value from its estimate's interval (none where it has none)."""
-    lo = [0.0 if (x := finite(e.lo)) is None else max(0.0, v - x) for v, e in zip(vals, ests, strict=True)]
-    hi = [0.0 if (x := finite(e.hi)) is None else max(0.0, x - v) for v, e in zip(vals, ests, strict=True)]
-    return [lo, hi]
-
-
 def shown_flags(h: HumanEval) -> list[str]:
     """The headline flags, then any other flag some answer got."""
     got = [f for f in h.flag_names if any((finite(per[f].value) or 0.0) > 0 for per in h.flags.values() if f in per)]
@@ -338,7 +331,7 @@ def plot_human(h: HumanEval, out_dir: Path) -> dict[str, str | None]:
         fig = Figure(figsize=(max(4.0, 1.1 * len(wins) + 2), 3.6))
         ax = fig.subplots()
         vals = [float(w.rate) for _, w in wins]  # type: ignore[arg-type]  # finite above
-        ax.errorbar(range(len(wins)), vals, yerr=_errs(vals, [w for _, w in wins]), fmt="none", ecolor="#444",
+        ax.errorbar(range(len(wins)), vals, yerr=error_bars(vals, [w for _, w in wins]), fmt="none", ecolor="#444",
                     capsize=4)
         ax.scatter(range(len(wins)), vals, s=60, c=[colours[p] for p, _ in wins], zorder=3)
         ax.axhline(0.5, color="#444", ls="--", lw=1)
@@ -352,29 +345,7 @@ def plot_human(h: HumanEval, out_dir: Path) -> dict[str, str | None]:
     panels.append(("likert", {p: h.likert[p] for p in h.policies if p in h.likert}))
     panels = [(k, {p: e for p, e in v.items() if finite(e.value) is not None}) for k, v in panels]
     panels = [(k, v) for k, v in panels if v]
-    if panels:
-        cols = min(4, len(panels))
-        rows = -(-len(panels) // cols)
-        fig = Figure(figsize=(3 * cols, 2.9 * rows + 0.4))
-        axes = fig.subplots(rows, cols, squeeze=False).ravel()
-        for ax, (item, est) in zip(axes, panels, strict=False):
-            names = list(est)
-            vals = [float(est[p].value) for p in names]  # type: ignore[arg-type]  # finite above
-            ax.bar(range(len(names)), vals, yerr=_errs(vals, [est[p] for p in names]),
-                   color=[colours[p] for p in names], capsize=3)
-            ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
-            ax.set_title("Likert (1-7)" if item == "likert" else title(item), loc="left", fontsize=10)
-            if item == "likert":
-                ax.set_ylim(1, 7)
-            else:
-                ax.set_ylim(0, 1)
-                ax.yaxis.set_major_formatter(lambda y, _: f"{y:.0%}")
-            ax.grid(axis="y", alpha=0.3)
-        for ax in axes[len(panels):]:
-            ax.set_visible(False)
-        fig.tight_layout()
-        fig.savefig(out / "human-metadata.png", dpi=110, bbox_inches="tight")
-        plots["human_metadata"] = "human-metadata.png"
+    plots["human_metadata"] = plot_panels(panels, h.policies, out / "human-metadata.png")
     return plots
 
 

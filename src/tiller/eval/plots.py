@@ -111,10 +111,21 @@ def _metadata_panels(evals: dict[str, PolicyEval]) -> list[tuple[str, dict[str, 
 def plot_metadata(evals: dict[str, PolicyEval], path: Path) -> str | None:
     """InstructGPT's figure 4 in the world's terms: a panel per metadata item (and the 1-7 Likert), a bar per
     policy with its 95% interval, each policy one colour across the panels."""
-    panels = _metadata_panels(evals)
+    return plot_panels(_metadata_panels(evals), list(evals), path)
+
+
+def error_bars(vals: list[float], ests: list[Any]) -> list[list[float]]:
+    """Error bar lengths below and above each value from its estimate's ``lo`` and ``hi`` (none where missing)."""
+    lo = [0.0 if (x := finite(e.lo)) is None else max(0.0, v - x) for v, e in zip(vals, ests, strict=True)]
+    hi = [0.0 if (x := finite(e.hi)) is None else max(0.0, x - v) for v, e in zip(vals, ests, strict=True)]
+    return [lo, hi]
+
+
+def plot_panels(panels: list[tuple[str, dict[str, Estimate]]], policies: list[str], path: Path) -> str | None:
+    """A panel per item (a share, or ``likert`` on 1-7), a bar per policy with its 95% interval, each policy
+    one colour across the panels (the gold judge's metadata and people's flags alike)."""
     if not panels:
         return None
-    policies = list(evals)
     colours = {p: f"C{i % 10}" for i, p in enumerate(policies)}
     cols = min(4, len(panels))
     rows = math.ceil(len(panels) / cols)
@@ -123,11 +134,10 @@ def plot_metadata(evals: dict[str, PolicyEval], path: Path) -> str | None:
     for ax, (item, est) in zip(axes, panels, strict=False):
         names = [p for p in policies if p in est]
         vals = [finite(est[p].value) or 0.0 for p in names]
-        lo = [0.0 if (x := finite(est[p].lo)) is None else max(0.0, v - x) for p, v in zip(names, vals, strict=True)]
-        hi = [0.0 if (x := finite(est[p].hi)) is None else max(0.0, x - v) for p, v in zip(names, vals, strict=True)]
-        ax.bar(range(len(names)), vals, yerr=[lo, hi], color=[colours[p] for p in names], capsize=3)
+        ax.bar(range(len(names)), vals, yerr=error_bars(vals, [est[p] for p in names]),
+               color=[colours[p] for p in names], capsize=3)
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
-        ax.set_title(title(item), loc="left", fontsize=10)
+        ax.set_title("Likert (1-7)" if item == "likert" else title(item), loc="left", fontsize=10)
         if item == "likert":
             ax.set_ylim(1, 7)
         else:
