@@ -69,7 +69,8 @@ class ControlConfig:
 
     env: str = field("HalfCheetah-v5", help="gymnasium environment id")
     total_steps: int = field(2_000_000, help="PPO environment steps (the initial random-policy clips not counted)")
-    labels: int = field(700, help="comparisons asked over the run (the paper's 700 for MuJoCo)")
+    labels: int = field(700, help="comparisons asked over the run (the paper's 700 for MuJoCo); with source=app the "
+                                         "last step's share is not asked: nobody could answer it before the run ends")
     initial_labels: int | None = field(
         None, help="comparisons of random-policy clips asked before RL starts (default: a quarter of labels)")
     segment_length: int = field(25, help="steps per clip (HalfCheetah: 25 x 0.05 s = 1.25 s; the paper: 1-2 s)")

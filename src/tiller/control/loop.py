@@ -319,7 +319,8 @@ class ControlLoop:
         st["step"] = step
         fit: dict[str, float] = {}
         if self.schedule is not None:
-            self._ask(self.schedule(step) - st["asked"], cfg.queries)  # 2. labels due by now
+            if cfg.source != "app" or step < cfg.total_steps:  # people cannot answer after the last collect
+                self._ask(self.schedule(step) - st["asked"], cfg.queries)  # 2. labels due by now
             self._collect()
             fresh = len(self.comparisons) > st["fitted_on"]
             if fresh and (step - st["last_fit"] >= cfg.refit_every or step >= cfg.total_steps):
@@ -420,14 +421,19 @@ def train_control(cfg: ControlConfig, out: Path, force: bool = False, log_dir: P
     if force:
         shutil.rmtree(ckpt, ignore_errors=True)
     loop = ControlLoop(cfg, out, ckpt)
-    with Tracker(log_dir, "control", cfg.report_to) as tracker:
-        loop.tracker = tracker
-        if not loop.restore():
-            loop.start()
-        loop.bar = progress(cfg.total_steps, f"control {cfg.env} ({cfg.reward} reward)")
-        loop.bar.update(min(loop.model.num_timesteps, cfg.total_steps))
-        loop.train()
-        loop.bar.close()
-    metrics = loop.finish(out, fp)
+    try:
+        with Tracker(log_dir, "control", cfg.report_to) as tracker:
+            loop.tracker = tracker
+            if not loop.restore():
+                loop.start()
+            loop.bar = progress(cfg.total_steps, f"control {cfg.env} ({cfg.reward} reward)")
+            loop.bar.update(min(loop.model.num_timesteps, cfg.total_steps))
+            loop.train()
+            loop.bar.close()
+        metrics = loop.finish(out, fp)
+    finally:
+        close = getattr(loop.source, "close", None)  # the app source's database engine
+        if close is not None:
+            close()
     shutil.rmtree(ckpt, ignore_errors=True)
     return metrics
