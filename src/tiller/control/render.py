@@ -90,6 +90,14 @@ def _env(env_id: str, size: int) -> Any:
         sim: Any = env.unwrapped
         quality = sim.model.vis.quality
         quality.shadowsize = min(int(quality.shadowsize), max(1024, 4 * size))
+        # The camera follows the agent: gymnasium renders from a free camera looking at a fixed point, and a
+        # good runner leaves the picture within a second; a person compares what the body does, not an empty
+        # floor. The locomotion tasks' models have a "track" camera that follows the centre of mass: use it.
+        import mujoco  # type: ignore[import-untyped]
+
+        track = mujoco.mj_name2id(sim.model, mujoco.mjtObj.mjOBJ_CAMERA, "track")
+        if track >= 0 and getattr(sim, "mujoco_renderer", None) is not None:
+            sim.mujoco_renderer.camera_id = track
         _envs[key] = env
     return _envs[key]
 
