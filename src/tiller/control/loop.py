@@ -35,7 +35,7 @@ from tiller.control.envs import LearnedReward, check_env, make_vec_env, true_ret
 from tiller.control.oracle import oracle_preference
 from tiller.control.predictor import Comparison, RewardEnsemble
 from tiller.control.queries import label_schedule, select_queries
-from tiller.control.segments import Segment, SegmentBuffer
+from tiller.control.segments import Segment, SegmentBuffer, index_pairs
 from tiller.runs import (
     LOOP_STATE,
     atomic_dir,
@@ -139,15 +139,8 @@ def load_buffer(path: Path, buffer: SegmentBuffer) -> None:
 
 def save_comparisons(path: Path, comps: list[Comparison]) -> None:
     """Each clip once, and the comparisons as indices a, b into them with their labels mu."""
-    index: dict[str, int] = {}
-    segs: list[Segment] = []
-    for c in comps:
-        for s in (c.a, c.b):
-            if s.id not in index:
-                index[s.id] = len(segs)
-                segs.append(s)
-    save_segments(path, segs, a=np.array([index[c.a.id] for c in comps], dtype=np.int64),
-                  b=np.array([index[c.b.id] for c in comps], dtype=np.int64),
+    segs, a, b = index_pairs([(c.a, c.b) for c in comps])
+    save_segments(path, segs, a=np.array(a, dtype=np.int64), b=np.array(b, dtype=np.int64),
                   mu=np.array([c.mu for c in comps], dtype=np.float64))
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tiller.config import ConfigError, field
-from tiller.control.segments import Segment
+from tiller.control.segments import Segment, index_pairs
 
 _EPS = 1e-8
 
@@ -281,15 +281,8 @@ class RewardEnsemble:
         if not comparisons:
             raise ValueError("fit needs at least one comparison")
         # 1. unique segments, and each comparison as indices into them
-        index: dict[str, int] = {}
-        segs: list[Segment] = []
-        for c in comparisons:
-            for s in (c.a, c.b):
-                if s.id not in index:
-                    index[s.id] = len(segs)
-                    segs.append(s)
-        a_idx = torch.tensor([index[c.a.id] for c in comparisons])
-        b_idx = torch.tensor([index[c.b.id] for c in comparisons])
+        segs, a_list, b_list = index_pairs([(c.a, c.b) for c in comparisons])
+        a_idx, b_idx = torch.tensor(a_list), torch.tensor(b_list)
         mu = torch.tensor([c.mu for c in comparisons], dtype=torch.float32)
         x, mask = _stack(segs)
         if not self.in_set:

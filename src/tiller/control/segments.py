@@ -112,6 +112,19 @@ def set_mujoco_state(env: Any, state: np.ndarray) -> None:
     env.unwrapped.set_state(state[:nq], state[nq:])
 
 
+def index_pairs(pairs: list[tuple[Segment, Segment]]) -> tuple[list[Segment], list[int], list[int]]:
+    """Each clip of ``pairs`` once (first-seen order), and each pair as the indices of its two clips in it:
+    a clip compared many times is stored and run through a network once."""
+    index: dict[str, int] = {}
+    segs: list[Segment] = []
+    for pair in pairs:
+        for seg in pair:
+            if seg.id not in index:
+                index[seg.id] = len(segs)
+                segs.append(seg)
+    return segs, [index[a.id] for a, _ in pairs], [index[b.id] for _, b in pairs]
+
+
 class SegmentBuffer:
     """Bounded FIFO of recent segments: the oldest go first, so queries show recent policy behaviour."""
 
