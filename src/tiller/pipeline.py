@@ -3,6 +3,10 @@
     world -> pretrain -> sft -> [sample K -> label -> rm (all labels so far) -> [rule rm] -> ppo-ptx] x rounds
           -> eval -> report
 
+A project run (``data.source: project``, :mod:`tiller.project`) replaces the first two with its own data
+snapshot and ``base_model``; labels may come from people in ``tiller app`` (the run waits, resumably, and
+``status.json`` says on which batch) and ``eval.judges`` names who judges the result.
+
 The optional rule RM (``rule_rm_flags``) is Sparrow's harmlessness RM, trained from the labelers' harm
 flags on the same rankings; RL subtracts its score when it is negative. It is off by default: in the one
 default-world run with it on (threshold 0, at the demonstrations' mean score), round 1's policy refused
