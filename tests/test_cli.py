@@ -25,7 +25,7 @@ def _one_error_line(result) -> str:
 
 # every command of ``tiller``; "app" and "serve" are mounted only when their optional extras import
 CORE_COMMANDS = {"world", "pretrain", "sft", "sample", "label", "rm", "score", "ppo", "bon", "dpo", "run", "eval",
-                 "report", "import", "validate", "prompts", "plan", "status"}
+                 "report", "import", "validate", "prompts", "plan", "status", "control"}
 OPTIONAL_COMMANDS = {"app": "tiller.feedback.cli", "serve": "tiller.serve.cli"}
 
 # the config class whose keys each stage's --help must list (written out here, not read from the CLI)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic.script import ScriptDirectory
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text, update
 from typer.testing import CliRunner
@@ -231,7 +232,7 @@ def test_migration_from_0001_keeps_users_and_drops_the_stored_key(db_url: str) -
         assert s.get(Setting, "secret_key") is None
         assert [u.name_key for u in s.scalars(select(User).order_by(User.id))] == ["ana", None]
         version = s.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    assert version == "0002"
+    assert version == ScriptDirectory.from_config(alembic_config(db_url)).get_current_head()  # and on to the newest
     assert try_login(TestClient(app), "ana").status_code == 303
     assert try_login(TestClient(app), "Ana").status_code == 303  # the older one wins the key; both log in
     app.state.db_engine.dispose()
