@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from tiller.control.predictor import RewardEnsemble, preference_probs
-from tiller.control.segments import Segment
+from tiller.control.segments import Segment, index_pairs
 
 QUERY_MODES = ("disagreement", "uniform")
 
@@ -22,17 +22,8 @@ def disagreement(ens: RewardEnsemble, pairs: list[tuple[Segment, Segment]], labe
     """(n,) variance over members of P(a > b) (population variance; 0 with one member)."""
     if not pairs:
         return np.zeros(0)
-    # one forward over the distinct clips, however often each appears in the pairs
-    index: dict[str, int] = {}
-    segs: list[Segment] = []
-    for pair in pairs:
-        for s in pair:
-            if s.id not in index:
-                index[s.id] = len(segs)
-                segs.append(s)
+    segs, ia, ib = index_pairs(pairs)  # one forward over the distinct clips, however often each appears
     rets = ens.member_returns(segs)  # (K, n_segments)
-    ia = [index[a.id] for a, _ in pairs]
-    ib = [index[b.id] for _, b in pairs]
     p = preference_probs(rets[:, ia], rets[:, ib], label_noise)  # (K, n_pairs)
     return p.double().var(0, correction=0).numpy()
 
