@@ -1,28 +1,41 @@
 #!/usr/bin/env bash
 # docs/control.md, "What it measured": HalfCheetah-v5, learned reward (700 and 1,400 oracle labels) against
-# the same PPO on the true reward, seeds 0-2, and the seed-0 ablations; two runs at a time, one thread each.
-#   bash scripts/measure_control.sh [OUT_DIR] [STEPS]      (defaults: runs/control-measure, 200704)
+# the same PPO on the true reward, seeds 0-2, and the seed-0 ablations; a queue of runs two at a time (one per
+# core), one thread each.
+#   bash scripts/measure_control.sh [OUT_DIR] [STEPS] [SET]
+#     defaults: runs/control-measure, 200704; SET: main (the 9 runs of the comparison), ablations (4 runs) or all
 # Then: python -m tiller.cli control report --run OUT_DIR/learned-s0 --baseline OUT_DIR/true-s0
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
 OUT=${1:-runs/control-measure}
 STEPS=${2:-200704}
-export OMP_NUM_THREADS=1 TILLER_QUIET=1
+SET=${3:-all}
+export OMP_NUM_THREADS=1 TILLER_QUIET=1 OUT STEPS
 mkdir -p "$OUT"
-pair() {  # two runs side by side: NAME:OVERRIDES NAME:OVERRIDES (overrides comma-separated)
-  for spec in "$@"; do
-    name=${spec%%:*}
-    IFS=, read -r -a over <<< "${spec#*:}"
-    python -m tiller.cli control run --run "$OUT/$name" total_steps="$STEPS" "${over[@]}" > "$OUT/$name.log" 2>&1 &
-  done
-  wait
+jobs() {  # one run per line: NAME OVERRIDE...
+  if [[ $SET == main || $SET == all ]]; then
+    for s in 0 1 2; do
+      echo "learned-s$s reward=learned seed=$s"
+      echo "true-s$s reward=true seed=$s"
+      echo "l1400-s$s labels=1400 seed=$s"
+    done
+  fi
+  if [[ $SET == ablations || $SET == all ]]; then
+    echo "uniform-s0 queries=uniform seed=0"
+    echo "one-member-s0 predictor.members=1 seed=0"
+    echo "no-noise-s0 predictor.label_noise=0.0 seed=0"
+    echo "fixed-l2-s0 predictor.tune_l2=false seed=0"
+  fi
 }
-for s in 0 1 2; do pair "learned-s$s:reward=learned,seed=$s" "true-s$s:reward=true,seed=$s"; done
-pair "l1400-s0:labels=1400,seed=0" "l1400-s1:labels=1400,seed=1"
-pair "l1400-s2:labels=1400,seed=2" "uniform-s0:queries=uniform,seed=0"
-pair "one-member-s0:predictor.members=1,seed=0" "no-noise-s0:predictor.label_noise=0.0,seed=0"
-pair "fixed-l2-s0:predictor.tune_l2=false,seed=0"
+run_one() {  # NAME OVERRIDE...: one run, its log beside it, its wall time in OUT/times.txt
+  local name=$1; shift
+  local start=$SECONDS rc=0
+  python -m tiller.cli control run --run "$OUT/$name" total_steps="$STEPS" "$@" > "$OUT/$name.log" 2>&1 || rc=$?
+  echo "$name rc=$rc seconds=$((SECONDS - start))" >> "$OUT/times.txt"
+}
+export -f run_one
+jobs | xargs -P 2 -L 1 bash -c 'run_one "$@"' _
 for m in "$OUT"/*/control/tiller-manifest.json; do
   python -c "import json, sys; m = json.load(open(sys.argv[1]))['metrics']; print(sys.argv[1].split('/')[-3], \
 round(m['eval/true_return'], 1), '+-', round(m['eval/true_return_std'], 1), 'labels', m.get('labels/used'))" "$m"
