@@ -205,6 +205,33 @@ def test_the_loops_source_keeps_its_state_in_json(people: Any, segments: list[Se
     again.close()
 
 
+def test_the_loops_source_asks_in_chunks_at_the_configured_size_and_rate(people: Any, segments: list[Segment],
+                                                                        db_url: str, tmp_path: Path) -> None:
+    """``app.chunk`` pairs per batch (people start on the first while the rest render); ``app.size`` and
+    ``app.fps`` reach the videos."""
+    import imageio_ffmpeg  # type: ignore[import-untyped]
+
+    app, who = people
+    s0, s1, s2, s3 = segments
+    cfg = AppSourceConfig(db=db_url, chunk=2, size=32, fps=10)
+    src = AppSource(cfg, batch_prefix="ch", clips_dir=tmp_path / "clips", env_id=ENV)
+    src.ask([(s0, s1), (s2, s3), (s1, s2)])
+    with app.state.sessions() as s:
+        batches = {b.name: len(b.items) for b in s.scalars(select(Batch))}
+    assert batches == {"ch-1": 2, "ch-2": 1}
+    meta = next(imageio_ffmpeg.read_frames(str(tmp_path / "clips" / f"{clip_id('ch', s0)}.mp4")))
+    assert tuple(meta["size"]) == (32, 32) and meta["fps"] == 10
+    answer_all(who["ana"], "ch-2", ["left"])
+    answer_all(who["ana"], "ch-1", ["right"])
+    answer_all(who["ben"], "ch-1", ["equal"])
+    got = {(c.a.id, c.b.id, c.mu) for c in src.collect()}
+    assert got == {(s1.id, s2.id, 1.0), (s0.id, s1.id, 0.0), (s2.id, s3.id, 0.5)} or \
+        got == {(s1.id, s2.id, 1.0), (s0.id, s1.id, 0.5), (s2.id, s3.id, 0.0)}  # who got which pair of ch-1
+    src.close()
+    with pytest.raises(Exception, match="chunk"):
+        AppSourceConfig(chunk=0).validate()
+
+
 def test_bad_inputs(segments: list[Segment], tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'x.db'}"
     with pytest.raises(Exception, match="not a valid name"):

@@ -25,10 +25,11 @@ from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 from tiller.config import ConfigError, from_dict, load_config  # noqa: E402
 from tiller.control.config import ControlConfig  # noqa: E402
 from tiller.control.envs import LearnedReward, make_vec_env  # noqa: E402
-from tiller.control.loop import load_buffer, load_comparisons, save_buffer, train_control  # noqa: E402
+from tiller.control.loop import train_control  # noqa: E402
 from tiller.control.predictor import PredictorConfig, RewardEnsemble  # noqa: E402
 from tiller.control.queries import label_schedule  # noqa: E402
 from tiller.control.segments import SegmentBuffer, cut  # noqa: E402
+from tiller.control.store import load_buffer, load_comparisons, save_buffer  # noqa: E402
 from tiller.runs import LOOP_STATE, read_manifest  # noqa: E402
 from tiller.tracking import read_metrics  # noqa: E402
 

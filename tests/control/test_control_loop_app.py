@@ -30,8 +30,9 @@ from helpers import live_server  # noqa: E402
 from tiller.config import from_dict  # noqa: E402
 from tiller.control import render  # noqa: E402
 from tiller.control.config import ControlConfig  # noqa: E402
-from tiller.control.loop import load_comparisons, train_control  # noqa: E402
+from tiller.control.loop import train_control  # noqa: E402
 from tiller.control.queries import label_schedule  # noqa: E402
+from tiller.control.store import load_comparisons  # noqa: E402
 from tiller.feedback.app import AppSettings, create_app  # noqa: E402
 from tiller.feedback.models import Assignment, Batch, Item, User  # noqa: E402
 from tiller.feedback.services.users import create_token  # noqa: E402

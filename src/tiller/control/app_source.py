@@ -2,7 +2,7 @@
 
 Christiano et al. 2017 sec. 2.1: the policy, the predictor and the people run asynchronously; the loop asks
 and goes on, and takes whatever answers have arrived at its next fit. ``ask`` renders the pairs' clips,
-imports them as one clip batch (``PREFIX-N``) and returns; ``collect`` returns each answer once, as a
+imports them as clip batches (``PREFIX-N``, ``chunk`` pairs each) and returns; ``collect`` returns each answer once, as a
 :class:`Comparison` of the very segments that were asked about (kept here, and in :meth:`state_dict`, so
 a restarted run maps answers given while it was down). "Can't tell" answers are recorded in the app but
 never returned: they carry no preference to learn from.
@@ -53,13 +53,19 @@ class AppComparisonSource:
 
     ``db_url``: the app's database (with its labelers); ``clips_dir``: the folder the app serves clips from
     (``tiller app serve --clips-dir``); ``overlap``: labelers per pair (each answer is one comparison);
-    ``task``: the question above the clips; ``labelers``: who gets the batches (default: every labeler)."""
+    ``task``: the question above the clips; ``labelers``: who gets the batches (default: every labeler);
+    ``fps`` and ``size``: the videos' (default fps: the env's real time); ``chunk``: pairs per batch;
+    ``env_kwargs``: the task's ``gym.make`` keywords, so the clips show the body the policy acted in."""
 
     def __init__(
         self, db_url: str, clips_dir: Path, batch_prefix: str, env_id: str, overlap: int = 1,
         task: str = DEFAULT_TASK, labelers: list[str] | None = None, fps: int | None = None, size: int = 256,
+        chunk: int = 10, env_kwargs: dict[str, Any] | None = None,
     ):
         check_name(batch_prefix, "batch_prefix")
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1 pair per batch, not {chunk}")
+        self.chunk, self.env_kwargs = chunk, env_kwargs
         self.db_url, self.clips_dir, self.prefix, self.env_id = db_url, Path(clips_dir), batch_prefix, env_id
         self.overlap, self.task, self.labelers, self.fps, self.size = overlap, task, labelers, fps, size
         self._segments: dict[str, Segment] = {}  # segment id -> segment, for every open batch
@@ -72,7 +78,13 @@ class AppComparisonSource:
     # --- the source interface ------------------------------------------------------------------------
 
     def ask(self, pairs: list[tuple[Segment, Segment]]) -> None:
-        """Render the pairs' clips and import them as one new batch; does not wait for any answer."""
+        """Render the pairs' clips and import them as new batches of ``chunk`` pairs each; does not wait for
+        any answer. Rendering is the slow part (software GL: ~2 s a clip, so the run's first 175 pairs take
+        ~12 min): batch by batch, people start on the first pairs within a minute while the rest render."""
+        for i in range(0, len(pairs), self.chunk):
+            self._ask_batch(pairs[i:i + self.chunk])
+
+    def _ask_batch(self, pairs: list[tuple[Segment, Segment]]) -> None:
         if not pairs:
             return
         # 1. clips: each segment once (a segment may be in several pairs), a on the left, b on the right
@@ -82,7 +94,7 @@ class AppComparisonSource:
                 raise ValueError(f"segment {seg.id!r} has no MuJoCo states: it cannot be shown as a clip")
             out = self.clips_dir / f"{clip_id(self.prefix, seg)}{CLIP_SUFFIX}"
             if seg.id not in self._segments or not out.is_file():
-                render_clip(self.env_id, seg.states, out, fps=self.fps, size=self.size)
+                render_clip(self.env_id, seg.states, out, fps=self.fps, size=self.size, env_kwargs=self.env_kwargs)
         # 2. the batch, validated as `tiller app import-batch --kind clip` validates a file
         lines = [json.dumps({"id": str(i), "a": clip_id(self.prefix, a), "b": clip_id(self.prefix, b),
                              "task": self.task}) for i, (a, b) in enumerate(pairs)]
@@ -213,9 +225,11 @@ class AppSource:
     ``AppSourceConfig``, with a state the loop keeps in its JSON loop state (the source's numpy arrays as one
     ``np.savez`` archive, base64-encoded: saved and restored with the loop's comparisons, never a pickle)."""
 
-    def __init__(self, cfg: AppSourceConfig, batch_prefix: str, clips_dir: Path, env_id: str):
+    def __init__(self, cfg: AppSourceConfig, batch_prefix: str, clips_dir: Path, env_id: str,
+                 env_kwargs: dict[str, Any] | None = None):
         self.source = AppComparisonSource(cfg.db, Path(clips_dir), batch_prefix, env_id, overlap=cfg.overlap,
-                                          task=cfg.task.strip() or DEFAULT_TASK)
+                                          task=cfg.task.strip() or DEFAULT_TASK, fps=cfg.fps, size=cfg.size,
+                                          chunk=cfg.chunk, env_kwargs=env_kwargs)
 
     def ask(self, pairs: list[tuple[Segment, Segment]]) -> None:
         self.source.ask(pairs)

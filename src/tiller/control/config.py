@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from tiller.config import ConfigError, field
 from tiller.control.predictor import PredictorConfig
@@ -57,10 +57,22 @@ class AppSourceConfig:
     clips_dir: Path | None = field(None, help="where rendered MP4 clips go (default: RUN/control-clips)")
     task: str = field("Which clip shows the better behaviour?", help="the question shown above every pair")
     overlap: int = field(1, help="labelers per pair (each answer is one comparison)")
+    chunk: int = field(10, help="pairs per batch: rendering a clip takes ~2 s here, so people start on the first "
+                                "batch while the rest render")
+    size: int = field(256, help="clip width and height in pixels (even)")
+    fps: int | None = field(None, help="clip frames per second (default: the env's real time, 1 / dt)")
     poll: float = field(5.0, help="seconds between looks for new answers while waiting for the first fit")
     min_first: int = field(0, help="answers to wait for before RL starts (0: initial_labels); never waited "
                                    "for afterwards")
     timeout: float | None = field(None, help="stop waiting for the first answers after this many seconds")
+
+    def validate(self) -> None:
+        if self.overlap < 1 or self.chunk < 1:
+            raise ConfigError("app: overlap and chunk must be >= 1")
+        if self.size < 16 or self.size % 2:
+            raise ConfigError(f"app: size must be an even number of pixels >= 16 (H.264), not {self.size}")
+        if self.fps is not None and self.fps < 1:
+            raise ConfigError(f"app: fps must be >= 1, not {self.fps}")
 
 
 @dataclass
@@ -68,6 +80,9 @@ class ControlConfig:
     """Deep RL from human preferences (Christiano et al. 2017) on a gymnasium control task."""
 
     env: str = field("HalfCheetah-v5", help="gymnasium environment id")
+    env_kwargs: dict[str, Any] = field(
+        default_factory=dict, help="gym.make's keyword arguments, e.g. env_kwargs.terminate_when_unhealthy=false "
+                                   "(Hopper, Walker2d: the paper removes termination, see control.gym_env)")
     total_steps: int = field(2_000_000, help="PPO environment steps (the initial random-policy clips not counted)")
     labels: int = field(700, help="comparisons asked over the run (the paper's 700 for MuJoCo); with source=app the "
                                          "last step's share is not asked: nobody could answer it before the run ends")

@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
-import gymnasium as gym
 import numpy as np
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecMonitor, VecNormalize
 
-from tiller.config import ConfigError
+from tiller.control.gym_env import make_env
 from tiller.control.segments import Segment, SegmentBuffer, cut, mujoco_state
 
 
@@ -30,31 +29,9 @@ class RewardModel(Protocol):
     def reward(self, obs: np.ndarray, acts: np.ndarray) -> np.ndarray: ...
 
 
-def check_env(env_id: str) -> tuple[int, int]:
-    """(obs_dim, act_dim) of ``env_id``; a ConfigError for an unknown id or one whose observation or action
-    space is not a flat Box (the predictor is an MLP on obs|acts)."""
-    try:
-        env = gym.make(env_id)
-    except gym.error.Error as e:
-        raise ConfigError(f"env {env_id!r}: {e}") from None
-    try:
-        obs, act = env.observation_space, env.action_space
-        if not (isinstance(obs, gym.spaces.Box) and isinstance(act, gym.spaces.Box)
-                and len(obs.shape) == 1 and len(act.shape) == 1):
-            raise ConfigError(f"env {env_id!r}: tiller control needs flat Box observations and actions "
-                              f"(continuous control), not {obs} and {act}")
-        return int(obs.shape[0]), int(act.shape[0])
-    finally:
-        env.close()
-
-
-def _make_one(env_id: str) -> gym.Env:
-    return gym.make(env_id)
-
-
-def make_vec_env(env_id: str, n_envs: int, seed: int) -> VecMonitor:
-    """``n_envs`` copies of ``env_id`` in this process, seeded seed, seed+1, ... at their first reset."""
-    venv = DummyVecEnv([partial(_make_one, env_id) for _ in range(n_envs)])
+def make_vec_env(env_id: str, n_envs: int, seed: int, env_kwargs: dict[str, Any] | None = None) -> VecMonitor:
+    """``n_envs`` copies of the task in this process, seeded seed, seed+1, ... at their first reset."""
+    venv = DummyVecEnv([partial(make_env, env_id, env_kwargs) for _ in range(n_envs)])
     venv.seed(seed)
     venv.action_space.seed(seed)
     return VecMonitor(venv)
@@ -156,9 +133,9 @@ class LearnedReward(VecEnvWrapper):
 
 
 def true_returns(env_id: str, episodes: int, seed: int, model: PPO | None = None,
-                 norm: VecNormalize | None = None) -> list[float]:
+                 norm: VecNormalize | None = None, env_kwargs: dict[str, Any] | None = None) -> list[float]:
     """The env's return of ``episodes`` episodes: the deterministic policy's, or uniform random actions'."""
-    env = gym.make(env_id)
+    env = make_env(env_id, env_kwargs)
     env.action_space.seed(seed)
     out = []
     for ep in range(episodes):

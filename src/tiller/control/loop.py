@@ -21,7 +21,7 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,11 +31,13 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from tiller.config import ConfigError
 from tiller.control.config import ControlConfig
-from tiller.control.envs import LearnedReward, check_env, make_vec_env, true_returns
-from tiller.control.oracle import oracle_preference
+from tiller.control.envs import LearnedReward, make_vec_env, true_returns
+from tiller.control.gym_env import check_env
 from tiller.control.predictor import Comparison, RewardEnsemble
 from tiller.control.queries import label_schedule, select_queries
-from tiller.control.segments import Segment, SegmentBuffer, index_pairs
+from tiller.control.segments import SegmentBuffer
+from tiller.control.sources import make_source
+from tiller.control.store import load_buffer, load_comparisons, save_buffer, save_comparisons, save_segments
 from tiller.runs import (
     LOOP_STATE,
     atomic_dir,
@@ -48,106 +50,11 @@ from tiller.runs import (
 from tiller.tracking import Tracker
 from tiller.training import progress
 
-Pair = tuple[Segment, Segment]
 # curve.json's row keys -> the tracker's metric names
 METRICS = {"true_return": "charts/true_return", "predicted_return": "charts/predicted_return",
            "labels": "labels/used", "asked": "labels/asked", "sps": "charts/SPS",
            "val_accuracy": "predictor/val_accuracy", "train_accuracy": "predictor/train_accuracy",
            "l2": "predictor/l2", "loss_train": "loss/predictor_train", "loss_val": "loss/predictor_val"}
-
-
-# ---------------------------------------------------------------------------------------------- sources
-
-
-class ComparisonSource(Protocol):
-    """Who compares clips. ``ask`` hands over pairs and returns at once; ``collect`` returns the answers that
-    arrived since its last call (possibly none). A source that keeps state across a kill (the app's pending
-    batch) may also have ``state_dict() -> dict`` (JSON-able) and ``load_state_dict(d)``."""
-
-    def ask(self, pairs: list[Pair]) -> None: ...
-
-    def collect(self) -> list[Comparison]: ...
-
-
-class OracleSource:
-    """The paper's synthetic labeler (sec. 3.1): answers at once from the true returns."""
-
-    def __init__(self, tie_eps: float = 0.0):
-        self.tie_eps = tie_eps
-        self._answers: list[Comparison] = []
-
-    def ask(self, pairs: list[Pair]) -> None:
-        self._answers += [Comparison(a, b, oracle_preference(a, b, self.tie_eps)) for a, b in pairs]
-
-    def collect(self) -> list[Comparison]:
-        out, self._answers = self._answers, []
-        return out
-
-
-def make_source(cfg: ControlConfig, out: Path) -> ComparisonSource:
-    """The oracle, or people in ``tiller app`` through ``tiller.control.app_source.AppSource``."""
-    if cfg.source == "oracle":
-        return OracleSource(cfg.oracle_tie_eps)
-    try:
-        from tiller.control.app_source import AppSource
-    except ImportError as e:
-        raise ConfigError(f"source=app needs the app extra and tiller.control.app_source ({e})") from None
-    batch = cfg.app.batch_prefix or f"control-{out.parent.name}"
-    return AppSource(cfg.app, batch_prefix=batch, clips_dir=cfg.app.clips_dir or out.parent / "control-clips",
-                     env_id=cfg.env)
-
-
-# ---------------------------------------------------------------------------------------------- files
-
-
-def save_segments(path: Path, segs: list[Segment], **arrays: np.ndarray) -> None:
-    """Clips of one shape stacked into a few arrays of one .npz (no pickles; a zip entry per clip and field
-    made a 1,000-clip buffer take seconds to write), with extra arrays beside them."""
-    d: dict[str, np.ndarray] = {"count": np.array(len(segs))}
-    if segs:
-        d.update(ids=np.array([s.id for s in segs]), env_ids=np.array([s.env_id for s in segs]),
-                 steps=np.array([s.step for s in segs], dtype=np.int64), obs=np.stack([s.obs for s in segs]),
-                 acts=np.stack([s.acts for s in segs]), true_rewards=np.stack([s.true_rewards for s in segs]))
-        if all(s.states is not None for s in segs):
-            d["states"] = np.stack([s.states for s in segs])  # type: ignore[misc]
-    np.savez(path, **{**d, **arrays})  # type: ignore[arg-type]  # numpy's stub types allow_pickle in **kwds
-
-
-def load_segments(path: Path) -> tuple[list[Segment], Any]:
-    data = np.load(path, allow_pickle=False)
-    n = int(data["count"])
-    if n == 0:
-        return [], data
-    ids, env_ids, steps = data["ids"], data["env_ids"], data["steps"]
-    obs, acts, rewards = data["obs"], data["acts"], data["true_rewards"]
-    states = data["states"] if "states" in data.files else None
-    return [Segment(str(ids[i]), obs[i], acts[i], rewards[i], None if states is None else states[i],
-                    str(env_ids[i]), int(steps[i])) for i in range(n)], data
-
-
-def save_buffer(path: Path, buffer: SegmentBuffer) -> None:
-    state = buffer.state_dict()
-    save_segments(path, list(buffer), capacity=state["capacity"], rng=state["rng"])
-
-
-def load_buffer(path: Path, buffer: SegmentBuffer) -> None:
-    segs, data = load_segments(path)
-    state = {"capacity": data["capacity"], "count": np.array(len(segs)), "rng": data["rng"]}
-    state.update({f"seg{i}/{k}": v for i, s in enumerate(segs) for k, v in s.to_npz_dict().items()})
-    buffer.load_state_dict(state)
-
-
-def save_comparisons(path: Path, comps: list[Comparison]) -> None:
-    """Each clip once, and the comparisons as indices a, b into them with their labels mu."""
-    segs, a, b = index_pairs([(c.a, c.b) for c in comps])
-    save_segments(path, segs, a=np.array(a, dtype=np.int64), b=np.array(b, dtype=np.int64),
-                  mu=np.array([c.mu for c in comps], dtype=np.float64))
-
-
-def load_comparisons(path: Path) -> list[Comparison]:
-    segs, data = load_segments(path)
-    return [Comparison(segs[int(a)], segs[int(b)], float(mu)) for a, b, mu in zip(data["a"], data["b"], data["mu"],
-                                                                                 strict=True)]
 
 
 def _finite(x: Any) -> Any:
@@ -179,7 +86,7 @@ class ControlLoop:
 
     def __init__(self, cfg: ControlConfig, out: Path, ckpt: Path):
         self.cfg, self.out, self.ckpt = cfg, out, ckpt
-        obs_dim, act_dim = check_env(cfg.env)
+        obs_dim, act_dim = check_env(cfg.env, cfg.env_kwargs)
         self.learned = cfg.reward == "learned"
         self.schedule = label_schedule(cfg.labels, cfg.total_steps, cfg.n_initial) if self.learned else None
         self.buffer = SegmentBuffer(cfg.buffer_segments, cfg.seed)
@@ -199,7 +106,7 @@ class ControlLoop:
     def _envs(self) -> VecEnv:
         """The env stack for this start; a resumed run's envs are seeded anew (new episodes, new clip ids)."""
         n = len(self.state["starts"])
-        base = make_vec_env(self.cfg.env, self.cfg.n_envs, self.cfg.seed + 1_000 * n)
+        base = make_vec_env(self.cfg.env, self.cfg.n_envs, self.cfg.seed + 1_000 * n, self.cfg.env_kwargs)
         self.wrapper = LearnedReward(base, self.buffer, self.cfg.segment_length, self.cfg.env, tag=f"r{n}")
         p = self.cfg.ppo
         self.norm = (VecNormalize(self.wrapper, norm_obs=p.normalize_obs, norm_reward=p.normalize_reward,
@@ -209,7 +116,8 @@ class ControlLoop:
     def start(self) -> None:
         """Step 0: the random policy's true return, its clips, the initial labels and the first fit."""
         cfg = self.cfg
-        self.state["random_returns"] = true_returns(cfg.env, cfg.eval_episodes, cfg.seed + 10_000)
+        self.state["random_returns"] = true_returns(cfg.env, cfg.eval_episodes, cfg.seed + 10_000,
+                                                   env_kwargs=cfg.env_kwargs)
         top = self._envs()
         if self.learned:
             self._random_clips(top)
@@ -371,7 +279,7 @@ class ControlLoop:
     def finish(self, out: Path, fp: str) -> dict[str, Any]:
         """Evaluate the final policy on the true reward and write the run folder with its manifest."""
         cfg, st = self.cfg, self.state
-        final = true_returns(cfg.env, cfg.eval_episodes, cfg.seed + 10_000, self.model, self.norm)
+        final = true_returns(cfg.env, cfg.eval_episodes, cfg.seed + 10_000, self.model, self.norm, cfg.env_kwargs)
         fit = st.get("fit", {})
         metrics: dict[str, Any] = {
             "eval/true_return": float(np.mean(final)) if final else math.nan,
@@ -386,8 +294,8 @@ class ControlLoop:
             late = list(self.buffer)[-4:]
             early = [c.a for c in self.comparisons[:4]]
             save_segments(tmp / "clips.npz", early + late, early=np.array(len(early)))
-            curve = {"env": cfg.env, "reward": cfg.reward, "curve": st["curve"], "starts": st["starts"],
-                     "checkpoints": st["checkpoints"],
+            curve = {"env": cfg.env, "env_kwargs": cfg.env_kwargs, "reward": cfg.reward, "curve": st["curve"],
+                     "starts": st["starts"], "checkpoints": st["checkpoints"],
                      "eval": {"final": final, "random": st.get("random_returns", [])},
                      "metrics": {k: _finite(v) for k, v in metrics.items()}}
             (tmp / "curve.json").write_text(json.dumps(curve, indent=1))
@@ -403,7 +311,7 @@ def train_control(cfg: ControlConfig, out: Path, force: bool = False, log_dir: P
     after a kill continues from it; a finished run with the same config is not redone unless ``force``."""
     out = Path(out)
     log_dir = Path(log_dir) if log_dir is not None else out.parent / "logs"
-    check_env(cfg.env)  # an unknown env fails before anything is written
+    check_env(cfg.env, cfg.env_kwargs)  # an unknown env or keyword fails before anything is written
     fp = fingerprint("control", cfg, {})
     if not force and (done := done_metrics(out, fp)) is not None:
         return done

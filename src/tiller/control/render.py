@@ -8,6 +8,7 @@ GL context, so :func:`gl_backend` picks one that works here and sets it before a
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from tiller.control.gym_env import make_env
+
 # Debian packages each backend needs (the same lists .ci/mujoco-gl.sh installs).
 GL_PACKAGES = {
     "egl": "libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri",
@@ -27,7 +30,7 @@ GL_PACKAGES = {
 _PROBE = "import mujoco; c = mujoco.GLContext(16, 16); c.make_current(); c.free()"
 _backend: str | None = None
 _lock = threading.Lock()
-_envs: dict[tuple[str, int], Any] = {}
+_envs: dict[tuple[str, str, int], Any] = {}
 
 
 class RenderError(RuntimeError):
@@ -74,13 +77,11 @@ def gl_backend() -> str:
                       "or run .ci/mujoco-gl.sh")
 
 
-def _env(env_id: str, size: int) -> Any:
-    """One rendering env per (id, size), reused: making one (and its GL context) costs ~0.5 s."""
-    key = (env_id, size)
+def _env(env_id: str, size: int, env_kwargs: dict[str, Any] | None) -> Any:
+    """One rendering env per (id, keywords, size), reused: making one (and its GL context) costs ~0.5 s."""
+    key = (env_id, json.dumps(env_kwargs or {}, sort_keys=True, default=str), size)
     if key not in _envs:
-        import gymnasium as gym
-
-        env = gym.make(env_id, render_mode="rgb_array", width=size, height=size)
+        env = make_env(env_id, env_kwargs, render_mode="rgb_array", width=size, height=size)
         env.reset(seed=0)
         if not hasattr(env.unwrapped, "set_state"):
             env.close()
@@ -103,12 +104,12 @@ def _env(env_id: str, size: int) -> Any:
 
 
 @contextmanager
-def _replayer(env_id: str, size: int) -> Iterator[Any]:
+def _replayer(env_id: str, size: int, env_kwargs: dict[str, Any] | None = None) -> Iterator[Any]:
     if size < 16 or size % 2:
         raise ValueError(f"size must be an even number of pixels >= 16 (H.264 needs even sides), not {size}")
     gl_backend()
     with _lock:  # one thread draws at a time: a GL context is current in one thread only
-        yield _env(env_id, size)
+        yield _env(env_id, size, env_kwargs)
 
 
 def _check(env: Any, states: np.ndarray) -> None:
@@ -139,17 +140,18 @@ def _as_states(states: np.ndarray | None) -> np.ndarray:
     return np.asarray(states, dtype=np.float64)
 
 
-def render_clip(env_id: str, states: np.ndarray | None, out: Path, fps: int | None = None, size: int = 256) -> Path:
-    """Replay ``states`` (T, nq + nv) of ``env_id`` into an H.264 MP4 of T frames at ``out``, size x size,
-    at ``fps`` (default the env's real time, 1 / dt). Written to a temporary name first, so a reader (the
-    app) never sees half a file."""
+def render_clip(env_id: str, states: np.ndarray | None, out: Path, fps: int | None = None, size: int = 256,
+                env_kwargs: dict[str, Any] | None = None) -> Path:
+    """Replay ``states`` (T, nq + nv) of the task into an H.264 MP4 of T frames at ``out``, size x size, at
+    ``fps`` (default the env's real time, 1 / dt). Written to a temporary name first, so a reader (the app)
+    never sees half a file."""
     import imageio_ffmpeg  # type: ignore[import-untyped]
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.part{out.suffix or '.mp4'}")  # a leading dot: never a valid clip id
     states = _as_states(states)
-    with _replayer(env_id, size) as env:
+    with _replayer(env_id, size, env_kwargs) as env:
         _check(env, states)
         rate = float(fps) if fps is not None else 1.0 / float(env.unwrapped.dt)
         # yuv420p and the index at the front (faststart): what browsers play, before the whole file arrives
@@ -171,7 +173,8 @@ def render_clip(env_id: str, states: np.ndarray | None, out: Path, fps: int | No
     return out
 
 
-def render_strip(env_id: str, states: np.ndarray | None, out: Path, frames: int = 5, size: int = 160) -> Path:
+def render_strip(env_id: str, states: np.ndarray | None, out: Path, frames: int = 5, size: int = 160,
+                 env_kwargs: dict[str, Any] | None = None) -> Path:
     """A PNG of ``frames`` evenly spaced frames of the clip side by side (first and last included), for the
     report: what the behaviour looked like without a video player."""
     from matplotlib import image
@@ -179,7 +182,7 @@ def render_strip(env_id: str, states: np.ndarray | None, out: Path, frames: int 
     states = _as_states(states)
     n = max(1, min(frames, len(states)))
     steps = sorted({int(round(x)) for x in np.linspace(0, max(len(states) - 1, 0), n)})
-    with _replayer(env_id, size) as env:
+    with _replayer(env_id, size, env_kwargs) as env:
         shots = list(_frames(env, states, steps))
     gap = np.full((size, 4, 3), 255, dtype=np.uint8)
     strip = np.concatenate([x for shot in shots for x in (shot, gap)][:-1], axis=1)  # (size, n*size + gaps, 3)

@@ -144,7 +144,7 @@ def plot_accuracy_vs_labels(runs: list[dict[str, Any]], path: Path) -> str | Non
 
 def clip_strips(run: dict[str, Any], out: Path, per_group: int = 2) -> tuple[list[dict[str, str]], str]:
     """PNG strips of the run's first (random-policy) and last clips, or none and the reason why."""
-    from tiller.control.loop import load_segments
+    from tiller.control.store import load_segments
 
     clips = Path(run["folder"]) / "clips.npz"
     if not clips.is_file():
@@ -160,7 +160,8 @@ def clip_strips(run: dict[str, Any], out: Path, per_group: int = 2) -> tuple[lis
 
         strips = []
         for i, (caption, seg) in enumerate(chosen):
-            png = render_strip(seg.env_id, seg.states, out / f"clip-{run['name']}-{i}.png")
+            png = render_strip(seg.env_id, seg.states, out / f"clip-{run['name']}-{i}.png",
+                               env_kwargs=run.get("env_kwargs"))
             ret = float(seg.true_rewards.sum())
             strips.append({"caption": f"{run['name']}: {caption} ({seg.id}, true return {ret:.1f})",
                            "file": png.name})
