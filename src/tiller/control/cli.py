@@ -108,3 +108,21 @@ def report_cmd(run: Run = "default",
     runs = [run_dir(run)] + ([run_dir(baseline)] if baseline else [])
     page = write_report(runs, out or run_dir(run) / "control-report")
     typer.echo(f"report: {page}")
+
+
+@app.command("summary")
+@user_errors
+def summary_cmd(folder: Annotated[Path, typer.Argument(
+                    help="measurement folder: one run folder per setting and seed (learned-s0, true-s0, ...)")],
+                out: Annotated[Path | None, typer.Option(help="folder of the outputs (default DIR/summary)")]
+                = None) -> None:
+    """Each setting over its seeds (finals, mean, spread) and against true-reward PPO at the issue's 80% bar:
+    summary.json, summary.md (the table) and summary.html with plots."""
+    from tiller.control.summary import write_summary
+
+    root = folder if folder.is_dir() else run_dir(folder)
+    page, table, summary = write_summary(root, out)
+    if summary["skipped"]:
+        typer.echo(f"skipped (no finished run): {', '.join(summary['skipped'])}")
+    typer.echo(table)
+    typer.echo(f"summary: {page}")
