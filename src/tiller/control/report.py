@@ -52,7 +52,7 @@ def load_run(run: Path) -> dict[str, Any]:
     return data
 
 
-def _finite(x: Any) -> float | None:
+def finite(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
 
@@ -60,12 +60,12 @@ def _label(run: dict[str, Any]) -> str:
     return f"{run['name']} ({run['reward']} reward)"
 
 
-def _series(run: dict[str, Any], x: str, y: str) -> tuple[list[float], list[float]]:
-    pts = [(r[x], r[y]) for r in run["curve"] if _finite(r.get(x)) is not None and _finite(r.get(y)) is not None]
+def series(run: dict[str, Any], x: str, y: str) -> tuple[list[float], list[float]]:
+    pts = [(r[x], r[y]) for r in run["curve"] if finite(r.get(x)) is not None and finite(r.get(y)) is not None]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def _save(fig: Figure, path: Path) -> str:
+def save_png(fig: Figure, path: Path) -> str:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     return path.name
 
@@ -77,16 +77,16 @@ def plot_return_vs_steps(runs: list[dict[str, Any]], path: Path) -> str | None:
     ax = fig.subplots()
     drawn = False
     for run in runs:
-        xs, ys = _series(run, "step", "true_return")
+        xs, ys = series(run, "step", "true_return")
         if not xs:
             continue
         line = ax.plot(xs, ys, ".-", label=_label(run))[0]
-        final = _finite(run["metrics"].get("eval/true_return"))
+        final = finite(run["metrics"].get("eval/true_return"))
         if final is not None:  # the deterministic policy at the end of training
-            ax.plot([_finite(run["metrics"].get("steps")) or xs[-1]], [final], "o", ms=8, mfc="none",
+            ax.plot([finite(run["metrics"].get("steps")) or xs[-1]], [final], "o", ms=8, mfc="none",
                     color=line.get_color())
         drawn = True
-    randoms = [r for run in runs if (r := _finite(run["metrics"].get("eval/random_return"))) is not None]
+    randoms = [r for run in runs if (r := finite(run["metrics"].get("eval/random_return"))) is not None]
     if randoms:
         ax.axhline(randoms[0], ls="--", color="grey", label="random policy")
     if not drawn:
@@ -95,7 +95,7 @@ def plot_return_vs_steps(runs: list[dict[str, Any]], path: Path) -> str | None:
     ax.set_ylabel("true episode return")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_return_vs_labels(runs: list[dict[str, Any]], path: Path) -> str | None:
@@ -106,11 +106,11 @@ def plot_return_vs_labels(runs: list[dict[str, Any]], path: Path) -> str | None:
     drawn = False
     for run in runs:
         if run["reward"] == "learned":
-            xs, ys = _series(run, "labels", "true_return")
+            xs, ys = series(run, "labels", "true_return")
             if xs:
                 ax.plot(xs, ys, ".-", label=_label(run))
                 drawn = True
-        elif (final := _finite(run["metrics"].get("eval/true_return"))) is not None:
+        elif (final := finite(run["metrics"].get("eval/true_return"))) is not None:
             ax.axhline(final, ls=":", color="black", label=f"{_label(run)}, final")
     if not drawn:
         return None
@@ -118,7 +118,7 @@ def plot_return_vs_labels(runs: list[dict[str, Any]], path: Path) -> str | None:
     ax.set_ylabel("true episode return")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_accuracy_vs_labels(runs: list[dict[str, Any]], path: Path) -> str | None:
@@ -127,7 +127,7 @@ def plot_accuracy_vs_labels(runs: list[dict[str, Any]], path: Path) -> str | Non
     ax = fig.subplots()
     drawn = False
     for run in runs:
-        xs, ys = _series(run, "labels", "val_accuracy")
+        xs, ys = series(run, "labels", "val_accuracy")
         if xs:
             ax.plot(xs, ys, ".-", label=_label(run))
             drawn = True
@@ -139,7 +139,7 @@ def plot_accuracy_vs_labels(runs: list[dict[str, Any]], path: Path) -> str | Non
     ax.set_ylabel("held-out pair accuracy")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def clip_strips(run: dict[str, Any], out: Path, per_group: int = 2) -> tuple[list[dict[str, str]], str]:
@@ -174,13 +174,13 @@ def _row(run: dict[str, Any]) -> dict[str, str]:
     m = run["metrics"]
 
     def num(key: str, fmt: str) -> str:
-        v = _finite(m.get(key))
+        v = finite(m.get(key))
         return "-" if v is None else format(v, fmt)
 
     final = num("eval/true_return", ".1f")
     if final != "-":
         final += f" ± {num('eval/true_return_std', '.1f')}"
-    secs = _finite(m.get("seconds"))
+    secs = finite(m.get("seconds"))
     return {"name": run["name"], "env": run["env"], "reward": run["reward"], "steps": num("steps", ".0f"),
             "labels": num("labels/used", ".0f") if run["reward"] == "learned" else "-", "final": final,
             "random": num("eval/random_return", ".1f"), "accuracy": num("predictor/val_accuracy", ".3f"),
