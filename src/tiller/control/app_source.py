@@ -2,9 +2,9 @@
 
 Christiano et al. 2017 sec. 2.1: the policy, the predictor and the people run asynchronously; the loop asks
 and goes on, and takes whatever answers have arrived at its next fit. ``ask`` renders the pairs' clips,
-imports them as clip batches (``PREFIX-N``, ``chunk`` pairs each) and returns; ``collect`` returns each answer once, as a
-:class:`Comparison` of the very segments that were asked about (kept here, and in :meth:`state_dict`, so
-a restarted run maps answers given while it was down). "Can't tell" answers are recorded in the app but
+imports them as clip batches (``PREFIX-N``, ``chunk`` pairs each) and returns; ``collect`` returns each
+answer once, as a :class:`Comparison` of the very segments that were asked about (kept here, and in
+:meth:`state_dict`, so a restarted run maps answers given while it was down). "Can't tell" answers are recorded in the app but
 never returned: they carry no preference to learn from.
 """
 
