@@ -92,6 +92,20 @@ def test_same_stem_different_settings_are_told_apart(tmp_path):
     assert names == ["a (labels=1400)", "a (labels=700)", "b+c"]
 
 
+def test_a_run_older_than_a_config_key_is_a_seed_of_the_same_setting(tmp_path):
+    """A manifest written before ``env_kwargs`` (and ``app.chunk``) existed ran with what are now their defaults:
+    it is one setting with a newer run, not a second setting named apart by nothing."""
+    old = write_run(tmp_path, "learned-s0", 1.0, seed=0)
+    manifest = json.loads((old / "tiller-manifest.json").read_text())
+    del manifest["config"]["env_kwargs"], manifest["config"]["app"]["chunk"]
+    (old / "tiller-manifest.json").write_text(json.dumps(manifest))
+    write_run(tmp_path, "learned-s1", 2.0, seed=1)
+    write_run(tmp_path, "hop-s0", 3.0, seed=0, env_kwargs={"terminate_when_unhealthy": False})
+    groups = group_runs(find_runs(tmp_path)[0])
+    assert [(g["name"], [r["name"] for r in g["runs"]]) for g in groups] == [
+        ("hop", ["hop-s0"]), ("learned", ["learned-s0", "learned-s1"])]
+
+
 def test_numbers_and_ratios_worked_by_hand(measured):
     summary = summarise_runs(*find_runs(measured))
     s = _by_name(summary)

@@ -21,7 +21,8 @@ import numpy as np
 from jinja2 import Environment
 from matplotlib.figure import Figure
 
-from tiller.config import ConfigError
+from tiller.config import ConfigError, to_dict
+from tiller.control.config import ControlConfig
 from tiller.control.report import finite, load_run, save_png, series
 from tiller.runs import read_manifest
 
@@ -77,9 +78,21 @@ def find_runs(folder: Path, exclude: Path | None = None) -> tuple[list[dict[str,
     return runs, skipped
 
 
-def setting(config: dict[str, Any]) -> dict[str, Any]:
-    """The config without the ``IGNORED`` keys: runs with equal settings are seeds of one setting."""
+def _with_defaults(config: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(config)
+    for k, v in defaults.items():
+        if k not in out:
+            out[k] = copy.deepcopy(v)
+        elif isinstance(v, dict) and isinstance(out[k], dict) and v:
+            out[k] = _with_defaults(out[k], v)
+    return out
+
+
+def setting(config: dict[str, Any]) -> dict[str, Any]:
+    """The config, with today's defaults for keys it predates (a run made before ``env_kwargs`` existed ran
+    with what is now its default), without the ``IGNORED`` keys: runs with equal settings are seeds of one
+    setting."""
+    out = _with_defaults(config, to_dict(ControlConfig()))
     for key in IGNORED:
         *parents, last = key.split(".")
         d: Any = out
