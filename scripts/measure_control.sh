@@ -5,7 +5,8 @@
 #   bash scripts/measure_control.sh [OUT_DIR] [STEPS] [SET]
 #     defaults: runs/control-measure, 200704; SET: main (the 9 HalfCheetah runs of the comparison), ablations
 #     (4 runs), all (both), or hopper (Hopper-v5, 700 labels against true reward, 3 seeds: 6 runs)
-# Then: python -m tiller.cli control report --run OUT_DIR/learned-s0 --baseline OUT_DIR/true-s0
+# It ends with `tiller control summary OUT_DIR`; one run beside its baseline:
+#   python -m tiller.cli control report --run OUT_DIR/learned-s0 --baseline OUT_DIR/true-s0
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
@@ -44,7 +45,4 @@ run_one() {  # NAME OVERRIDE...: one run, its log beside it, its wall time in OU
 }
 export -f run_one
 jobs | xargs -P 2 -L 1 bash -c 'run_one "$@"' _
-for m in "$OUT"/*/control/tiller-manifest.json; do
-  python -c "import json, sys; m = json.load(open(sys.argv[1]))['metrics']; print(sys.argv[1].split('/')[-3], \
-round(m['eval/true_return'], 1), '+-', round(m['eval/true_return_std'], 1), 'labels', m.get('labels/used'))" "$m"
-done
+python -m tiller.cli control summary "$OUT"  # the table over seeds, against true reward; OUT/summary

@@ -53,3 +53,20 @@ def test_mujoco_deprecation_notices_are_not_printed(capfd: pytest.CaptureFixture
     env.close()
     assert np.isfinite(obs).all()
     assert "settotalmass" not in capfd.readouterr().err
+
+
+def test_true_returns_shows_every_step_of_every_episode_to_observe() -> None:
+    """``observe(episode, env)`` runs after each step of the evaluation, with the live env (the posture script
+    reads the body's pitch there): the random Hopper's episodes end when it falls, so their lengths differ."""
+    from tiller.control.envs import true_returns
+
+    seen: dict[int, int] = {}
+
+    def observe(episode: int, env: object) -> None:
+        seen[episode] = seen.get(episode, 0) + 1
+        assert hasattr(env, "unwrapped")
+
+    returns = true_returns("Hopper-v5", 2, seed=0, observe=observe)
+    assert len(returns) == 2 and sorted(seen) == [0, 1]
+    assert all(0 < n < 100 for n in seen.values())  # each episode's steps, ending when the body fell
+    assert true_returns("Hopper-v5", 2, seed=0) == returns  # observing changes nothing

@@ -11,6 +11,7 @@ oracle (through ``Segment.true_rewards``) and the metrics.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -133,8 +134,11 @@ class LearnedReward(VecEnvWrapper):
 
 
 def true_returns(env_id: str, episodes: int, seed: int, model: PPO | None = None,
-                 norm: VecNormalize | None = None, env_kwargs: dict[str, Any] | None = None) -> list[float]:
-    """The env's return of ``episodes`` episodes: the deterministic policy's, or uniform random actions'."""
+                 norm: VecNormalize | None = None, env_kwargs: dict[str, Any] | None = None,
+                 observe: Callable[[int, Any], None] | None = None) -> list[float]:
+    """The env's return of ``episodes`` episodes: the deterministic policy's, or uniform random actions'.
+    ``observe(episode, env)`` after every step, for what else an evaluation reads (scripts/control_posture.py:
+    the body's pitch)."""
     env = make_env(env_id, env_kwargs)
     env.action_space.seed(seed)
     out = []
@@ -148,6 +152,8 @@ def true_returns(env_id: str, episodes: int, seed: int, model: PPO | None = None
                 act, _ = model.predict(norm.normalize_obs(obs) if norm is not None else obs, deterministic=True)
             obs, r, terminated, truncated, _ = env.step(act)
             total, done = total + float(r), terminated or truncated
+            if observe is not None:
+                observe(ep, env)
         out.append(total)
     env.close()
     return out
